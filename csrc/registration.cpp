@@ -1,0 +1,30 @@
+// The specalign op schemas (one definition for every backend) and their CPU kernels.
+// CUDA kernels (Triton) and fake implementations are registered in python/specalign/_library.py.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "ops.h"
+
+TORCH_LIBRARY(specalign, m) {
+  m.def("speculative_verify(Tensor draft_tokens, Tensor draft_logits, Tensor target_logits, Tensor? ref_logits, "
+        "Tensor seeds, Tensor positions) -> (Tensor tokens, Tensor num_accepted, Tensor num_emitted)");
+  m.def("speculative_verify_probs(Tensor draft_tokens, Tensor draft_probs, Tensor target_probs, Tensor seeds, "
+        "Tensor positions) -> (Tensor tokens, Tensor num_accepted, Tensor num_emitted)");
+  m.def("sample(Tensor logits, Tensor seeds, Tensor positions) -> Tensor");
+  m.def("compact_rows(Tensor(a!)[] tensors, Tensor keep, int[] dims) -> ()");
+  m.def("compact_columns(Tensor(a!)[] tensors, Tensor keep_mask, int[] dims) -> (Tensor lengths, Tensor attention_mask)");
+}
+
+TORCH_LIBRARY_IMPL(specalign, CPU, m) {
+  m.impl("speculative_verify", &specalign::speculative_verify_cpu);
+  m.impl("speculative_verify_probs", &specalign::speculative_verify_probs_cpu);
+  m.impl("sample", &specalign::sample_cpu);
+  m.impl("compact_rows", &specalign::compact_rows_cpu);
+  m.impl("compact_columns", &specalign::compact_columns_cpu);
+}
+
+// A plain extension module: importing specalign._C runs the registrations above.
+PyMODINIT_FUNC PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "specalign CPU kernels and op registration", -1, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,395 @@
+"""The op contract: public wrappers, argument checks and backend selection.
+
+Each op is a ``torch.library`` custom op in the ``specalign`` namespace (``torch.ops.specalign.*``)
+with a C++ kernel for CPU tensors, a Triton kernel for CUDA tensors and a fake implementation for
+``torch.compile``; ``backend=None`` lets the dispatcher pick by device. ``backend`` may force
+``"reference"`` (plain PyTorch, :mod:`specalign.reference`), ``"cpp"`` (CPU tensors) or
+``"triton"`` (CUDA tensors, or CPU tensors when ``TRITON_INTERPRET=1`` was set before import).
+
+All randomness is keyed by ``(seeds[b], positions[b] + j, vocab index)`` (see
+:mod:`specalign.reference`), so every backend gives the same tokens for the same seeds, and a row's
+tokens never depend on the other rows of the batch.
+
+Arguments are checked here, once, for every backend: shapes, dtypes and devices always; values
+(NaN or ``+inf`` logits, token ids and keep indices out of range, repeated keep indices) when
+``check_values=True``, which costs a pass over the inputs and a host sync.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+
+from specalign import _library, reference
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+BACKENDS = (None, "reference", "cpp", "triton")
+
+
+class VerifyOutput(NamedTuple):
+    """Result of :func:`speculative_verify`.
+
+    tokens: ``[B, K+1]`` int64, the emitted tokens of each row, padded with -1.
+    num_accepted: ``[B]`` int64, draft tokens accepted (a prefix of ``draft_tokens``).
+    num_emitted: ``[B]`` int64, tokens written to ``tokens``: the accepted drafts plus one residual
+    or bonus token (no bonus in SSS mode when the drafts' ``K+1``-th rows are not given).
+    """
+
+    tokens: torch.Tensor
+    num_accepted: torch.Tensor
+    num_emitted: torch.Tensor
+
+
+def speculative_verify(
+    draft_tokens: torch.Tensor,
+    draft_logits: torch.Tensor,
+    target_logits: torch.Tensor,
+    ref_logits: torch.Tensor | None = None,
+    *,
+    seeds: torch.Tensor,
+    positions: torch.Tensor,
+    backend: str | None = None,
+    check_values: bool = True,
+) -> VerifyOutput:
+    """Verify ``K`` drafted tokens per row and emit the accepted prefix plus one more token.
+
+    Standard mode (``ref_logits=None``, brief 2.1): accept draft ``x_j`` with probability
+    ``min(1, p_j(x_j) / q_j(x_j))``, with ``p = softmax(target_logits)``, ``q = softmax(draft_logits)``;
+    at the first rejection emit a token from ``norm(max(0, p_j - q_j))``; after ``K`` acceptances emit
+    a bonus token from ``p_K``. The output follows ``p`` exactly.
+
+    SSS mode (``ref_logits`` given, brief 2.2): ``draft_logits`` are the aligned draft's
+    (``pi_r``, which proposed the tokens), ``ref_logits`` the unaligned draft's (``pi_d``), and the
+    tokens follow ``t = norm(pi_ref * pi_r / pi_d)`` exactly: the same rule with target logits
+    ``target_logits + draft_logits - ref_logits``. A bonus token is drawn from ``t`` at ``K`` only
+    when ``draft_logits`` and ``ref_logits`` have ``K+1`` rows. With ``ref_logits == draft_logits``
+    the tokens equal standard mode's.
+
+    Args:
+        draft_tokens: ``[B, K]`` int64 or int32, the drafted tokens, ``1 <= K``.
+        draft_logits: ``[B, K or K+1, V]`` fp32/bf16/fp16, the proposal's processed logits (``-inf``
+            allowed); a ``K+1``-th row is used only in SSS mode.
+        target_logits: ``[B, K+1, V]``, same dtype, the target's processed logits.
+        ref_logits: ``None``, or like ``draft_logits``: the unaligned draft's logits (SSS).
+        seeds: ``[B]`` int64, one random stream per row.
+        positions: ``[B]`` int64 >= 0, the sequence position of each row's first draft token.
+        backend: ``None`` (by device), ``"reference"``, ``"cpp"`` or ``"triton"``.
+        check_values: scan the inputs for NaN/``+inf`` and out-of-range token ids.
+
+    Returns:
+        :class:`VerifyOutput` ``(tokens [B, K+1], num_accepted [B], num_emitted [B])``.
+
+    Example::
+
+        >>> B, K, V = 2, 3, 50
+        >>> draft_logits, target_logits = torch.randn(B, K, V), torch.randn(B, K + 1, V)
+        >>> seeds, positions = torch.tensor([1, 2]), torch.tensor([7, 7])
+        >>> drafts = sample(draft_logits.flatten(0, 1), seeds=seeds.repeat_interleave(K) + 99,
+        ...                 positions=(positions[:, None] + torch.arange(K)).flatten()).view(B, K)
+        >>> out = speculative_verify(drafts, draft_logits, target_logits, seeds=seeds, positions=positions)
+        >>> out.tokens.shape, out.num_emitted.shape
+        (torch.Size([2, 4]), torch.Size([2]))
+    """
+    _check_backend(backend)
+    batch, num_draft = _check_tokens(draft_tokens)
+    vocab = _check_logits("target_logits", target_logits, batch, (num_draft + 1,))
+    _check_logits("draft_logits", draft_logits, batch, (num_draft, num_draft + 1), vocab, target_logits)
+    if ref_logits is not None:
+        _check_logits("ref_logits", ref_logits, batch, (draft_logits.shape[1],), vocab, target_logits)
+    _check_seeds_positions(seeds, positions, batch, draft_tokens.device)
+    if check_values:
+        _check_token_range("draft_tokens", draft_tokens, vocab)
+        for name, logits in (("draft_logits", draft_logits), ("target_logits", target_logits), ("ref_logits", ref_logits)):
+            if logits is not None:
+                _check_logit_values(name, logits)
+        if ref_logits is not None and bool(((ref_logits == -torch.inf) & (draft_logits > -torch.inf)).any()):
+            raise ValueError(
+                "ref_logits is -inf where draft_logits is finite: the reward tilt pi_r / pi_d would be "
+                "infinite; give the drafts temperature-scaled logits without truncation"
+            )
+    args = (draft_tokens, draft_logits.contiguous(), target_logits.contiguous(),
+            None if ref_logits is None else ref_logits.contiguous(), seeds, positions)
+    if backend == "reference":
+        out = reference.speculative_verify(*args)
+    else:
+        out = _library.call("speculative_verify", backend, draft_tokens.device, *args)
+    return VerifyOutput(*out)
+
+
+def speculative_verify_probs(
+    draft_tokens: torch.Tensor,
+    draft_probs: torch.Tensor,
+    target_probs: torch.Tensor,
+    *,
+    seeds: torch.Tensor,
+    positions: torch.Tensor,
+    backend: str | None = None,
+    check_values: bool = True,
+) -> VerifyOutput:
+    """Standard speculative verification from probabilities (brief 2.1, 3).
+
+    Reads only the gathered entries ``p_j(x_j)``, ``q_j(x_j)`` and, per row, the one residual row
+    pair or bonus row it samples from: about ``8V`` bytes per row instead of ``4V(2K+1)``.
+    A draft token with ``q = 0`` counts as rejected. Rows need not sum exactly to 1.
+
+    Args:
+        draft_tokens: ``[B, K]`` int64 or int32.
+        draft_probs: ``[B, K, V]`` fp32/bf16/fp16, non-negative.
+        target_probs: ``[B, K+1, V]``, same dtype, non-negative.
+        seeds, positions, backend, check_values: as in :func:`speculative_verify`.
+
+    Returns:
+        :class:`VerifyOutput`; ``num_emitted = num_accepted + 1`` always.
+
+    Example::
+
+        >>> p, q = torch.rand(4, 3, 10).softmax(-1), torch.rand(4, 2, 10).softmax(-1)
+        >>> x = torch.randint(0, 10, (4, 2))
+        >>> speculative_verify_probs(x, q, p, seeds=torch.arange(4), positions=torch.zeros(4, dtype=torch.long)).tokens.shape
+        torch.Size([4, 3])
+    """
+    _check_backend(backend)
+    batch, num_draft = _check_tokens(draft_tokens)
+    vocab = _check_logits("target_probs", target_probs, batch, (num_draft + 1,))
+    _check_logits("draft_probs", draft_probs, batch, (num_draft,), vocab, target_probs)
+    _check_seeds_positions(seeds, positions, batch, draft_tokens.device)
+    if check_values:
+        _check_token_range("draft_tokens", draft_tokens, vocab)
+        for name, probs in (("draft_probs", draft_probs), ("target_probs", target_probs)):
+            if not bool(torch.isfinite(probs).all()) or bool((probs < 0).any()):
+                raise ValueError(f"{name} must be finite and non-negative")
+            if bool((probs.amax(-1) <= 0).any()):
+                raise ValueError(f"{name} has a row of all zeros")
+    args = (draft_tokens, draft_probs.contiguous(), target_probs.contiguous(), seeds, positions)
+    if backend == "reference":
+        out = reference.speculative_verify_probs(*args)
+    else:
+        out = _library.call("speculative_verify_probs", backend, draft_tokens.device, *args)
+    return VerifyOutput(*out)
+
+
+def sample(
+    logits: torch.Tensor,
+    *,
+    seeds: torch.Tensor,
+    positions: torch.Tensor,
+    backend: str | None = None,
+    check_values: bool = True,
+) -> torch.Tensor:
+    """Draw one token per row from ``softmax(logits)`` with keyed, reproducible randomness.
+
+    Row ``b`` uses the noise of ``(seeds[b], positions[b])`` only (Gumbel-max, one pass, nothing
+    normalised or written), so a row's token does not depend on the batch it is in: the hook that
+    lets pruning and compaction leave the survivors' continuations unchanged.
+
+    Args:
+        logits: ``[B, V]`` fp32/bf16/fp16, processed logits, ``-inf`` allowed (not a whole row).
+        seeds: ``[B]`` int64.
+        positions: ``[B]`` int64 >= 0.
+        backend, check_values: as in :func:`speculative_verify`.
+
+    Returns:
+        ``[B]`` int64 token ids.
+
+    Example::
+
+        >>> sample(torch.randn(3, 100), seeds=torch.tensor([5, 5, 6]), positions=torch.tensor([0, 0, 0])).shape
+        torch.Size([3])
+    """
+    _check_backend(backend)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [B, V], got shape {tuple(logits.shape)}")
+    _check_logits("logits", logits.unsqueeze(1), logits.shape[0], (1,))
+    _check_seeds_positions(seeds, positions, logits.shape[0], logits.device)
+    if check_values:
+        _check_logit_values("logits", logits)
+    args = (logits.contiguous(), seeds, positions)
+    if backend == "reference":
+        return reference.sample(*args)
+    return _library.call("sample", backend, logits.device, *args)
+
+
+def compact_rows(
+    tensors: Sequence[torch.Tensor],
+    keep: torch.Tensor,
+    dim: int | Sequence[int] = 0,
+    backend: str | None = None,
+) -> list[torch.Tensor]:
+    """Keep the rows ``keep`` of every tensor, in place, in their original order.
+
+    After the call, rows ``0..len(keep)-1`` of each tensor along its batch dimension hold the kept
+    rows; the rest are left as they were. No second full-size buffer is allocated: row ``i`` is
+    copied from row ``keep[i] >= i``, so walking the destinations in increasing order never reads an
+    overwritten row, and rows already in place (``keep[i] == i``) are not touched. One call covers
+    every layer's keys and values, the ids, masks and per-row state (mixed dtypes, non-contiguous
+    views); on a GPU it is one launch.
+
+    Args:
+        tensors: tensors sharing the batch size ``B`` along their batch dimension.
+        keep: ``[n]`` integer indices in ``[0, B)``, no repeats (any order; kept rows keep their order).
+        dim: the batch dimension, one for all tensors or one per tensor.
+        backend: as in :func:`speculative_verify`.
+
+    Returns:
+        views of the first ``n`` rows of each tensor.
+
+    Example::
+
+        >>> keys, ids = torch.randn(4, 2, 8, 16), torch.arange(12).view(4, 3)
+        >>> keys2, ids2 = compact_rows([keys, ids], torch.tensor([1, 3]))
+        >>> ids2.tolist()
+        [[3, 4, 5], [9, 10, 11]]
+    """
+    _check_backend(backend)
+    tensors = list(tensors)
+    dims = _check_dims(tensors, dim)
+    if keep.dim() != 1 or keep.dtype.is_floating_point or keep.dtype == torch.bool:
+        raise ValueError(f"keep must be a 1-D integer tensor of row indices, got {keep.dtype} of shape {tuple(keep.shape)}")
+    if not tensors:
+        return []
+    batch = _common_size(tensors, dims, "compact_rows", "batch")
+    device = tensors[0].device
+    keep = torch.sort(keep.to(device=device, dtype=torch.long)).values
+    if keep.numel() and (int(keep[0]) < 0 or int(keep[-1]) >= batch):
+        raise ValueError(f"keep indices must lie in [0, {batch}), got min {int(keep[0])} and max {int(keep[-1])}")
+    if keep.numel() > 1 and not bool((keep[1:] > keep[:-1]).all()):
+        raise ValueError("keep has repeated indices; each row can be kept once")
+    if backend == "reference":
+        reference.compact_rows(tensors, keep, dims)
+    else:
+        _library.call("compact_rows", backend, device, tensors, keep, dims)
+    return [t.narrow(d, 0, keep.numel()) for t, d in zip(tensors, dims)]
+
+
+def compact_columns(
+    tensors: Sequence[torch.Tensor],
+    keep_mask: torch.Tensor,
+    dim: int | Sequence[int],
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, move the kept positions to the right end of the sequence dimension, in place.
+
+    Row ``b`` of every tensor keeps the positions where ``keep_mask[b]`` is true, in order, at the
+    right end; the freed positions on the left are zeroed (left padding grows). Used to remove the
+    cache entries of rejected draft tokens, whose number differs from row to row.
+
+    Args:
+        tensors: tensors with batch dimension 0 and sequence dimension ``dim`` of size ``S``,
+            e.g. keys and values ``[B, H, S, D]`` (``dim=2``) and ids ``[B, S]`` (``dim=1``).
+        keep_mask: ``[B, S]`` bool.
+        dim: the sequence dimension (>= 1), one for all tensors or one per tensor.
+        backend: as in :func:`speculative_verify`.
+
+    Returns:
+        ``(lengths [B] int64, attention_mask [B, S] int64)``: kept positions per row, and 1 on the
+        last ``lengths[b]`` positions of row ``b``.
+
+    Example::
+
+        >>> ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+        >>> lengths, mask = compact_columns([ids], torch.tensor([[1, 1, 0, 0], [1, 0, 1, 1]]).bool(), dim=1)
+        >>> ids.tolist(), lengths.tolist()
+        ([[0, 0, 1, 2], [0, 5, 7, 8]], [2, 3])
+    """
+    _check_backend(backend)
+    tensors = list(tensors)
+    dims = _check_dims(tensors, dim)
+    if keep_mask.dim() != 2 or keep_mask.dtype != torch.bool:
+        raise ValueError(f"keep_mask must be a [B, S] bool tensor, got {keep_mask.dtype} of shape {tuple(keep_mask.shape)}")
+    batch, length = keep_mask.shape
+    for i, (t, d) in enumerate(zip(tensors, dims)):
+        if d < 1:
+            raise ValueError(f"dim for tensors[{i}] must be >= 1 (dimension 0 is the batch), got {d}")
+        if t.shape[0] != batch or t.shape[d] != length:
+            raise ValueError(
+                f"tensors[{i}] has shape {tuple(t.shape)}: expected batch {batch} at dim 0 and length {length} "
+                f"at dim {d} to match keep_mask {tuple(keep_mask.shape)}"
+            )
+        if t.device != keep_mask.device:
+            raise ValueError(f"tensors[{i}] is on {t.device} but keep_mask is on {keep_mask.device}")
+    if backend == "reference":
+        return reference.compact_columns(tensors, keep_mask, dims)
+    return _library.call("compact_columns", backend, keep_mask.device, tensors, keep_mask, dims)
+
+
+def _check_backend(backend):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def _check_tokens(draft_tokens):
+    if draft_tokens.dim() != 2 or draft_tokens.dtype not in (torch.int64, torch.int32):
+        raise ValueError(
+            f"draft_tokens must be a [B, K] int64 or int32 tensor, got {draft_tokens.dtype} of shape {tuple(draft_tokens.shape)}"
+        )
+    batch, num_draft = draft_tokens.shape
+    if num_draft < 1:
+        raise ValueError("draft_tokens must hold at least one draft token per row (K >= 1)")
+    return batch, num_draft
+
+
+def _check_logits(name, logits, batch, allowed_rows, vocab=None, like=None):
+    if logits.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float32, bfloat16 or float16, got {logits.dtype}")
+    rows = " or ".join(str(r) for r in allowed_rows)
+    if logits.dim() != 3 or logits.shape[0] != batch or logits.shape[1] not in allowed_rows:
+        raise ValueError(f"{name} must have shape [B={batch}, {rows}, V], got {tuple(logits.shape)}")
+    if vocab is not None and logits.shape[2] != vocab:
+        raise ValueError(f"{name} has vocabulary size {logits.shape[2]}, but the target has {vocab}")
+    if logits.shape[2] < 1:
+        raise ValueError(f"{name} has an empty vocabulary dimension")
+    if like is not None:
+        if logits.dtype != like.dtype:
+            raise ValueError(f"{name} has dtype {logits.dtype}, but the target has {like.dtype}; pass one dtype")
+        if logits.device != like.device:
+            raise ValueError(f"{name} is on {logits.device}, but the target is on {like.device}")
+    return logits.shape[2]
+
+
+def _check_seeds_positions(seeds, positions, batch, device):
+    for name, t in (("seeds", seeds), ("positions", positions)):
+        if t.dim() != 1 or t.shape[0] != batch or t.dtype != torch.int64:
+            raise ValueError(f"{name} must be a [B={batch}] int64 tensor, got {t.dtype} of shape {tuple(t.shape)}")
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device}, but the tokens/logits are on {device}")
+    if batch and int(positions.min()) < 0:
+        raise ValueError("positions must be >= 0")
+
+
+def _check_token_range(name, tokens, vocab):
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+        raise ValueError(f"{name} must lie in [0, V={vocab}), got min {int(tokens.min())} and max {int(tokens.max())}")
+
+
+def _check_logit_values(name, logits):
+    if bool(torch.isnan(logits).any()):
+        raise ValueError(f"{name} contains NaN")
+    if bool((logits == torch.inf).any()):
+        raise ValueError(f"{name} contains +inf")
+    if bool((logits == -torch.inf).all(-1).any()):
+        raise ValueError(f"{name} has a row that is -inf everywhere (no token can be drawn)")
+
+
+def _check_dims(tensors, dim):
+    dims = [dim] * len(tensors) if isinstance(dim, int) else list(dim)
+    if len(dims) != len(tensors):
+        raise ValueError(f"dim must be an int or one int per tensor: got {len(dims)} dims for {len(tensors)} tensors")
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"tensors[{i}] is a {type(t).__name__}, not a tensor")
+        if not -t.dim() <= dims[i] < t.dim():
+            raise ValueError(f"dim {dims[i]} is out of range for tensors[{i}] of shape {tuple(t.shape)}")
+        dims[i] %= t.dim()
+        if any(s == 0 and n > 1 for s, n in zip(t.stride(), t.shape)):
+            raise ValueError(f"tensors[{i}] has overlapping memory (a zero stride); it cannot be compacted in place")
+    return dims
+
+
+def _common_size(tensors, dims, op, what):
+    size = tensors[0].shape[dims[0]]
+    for i, (t, d) in enumerate(zip(tensors, dims)):
+        if t.shape[d] != size:
+            raise ValueError(f"{op}: tensors[{i}] has {what} size {t.shape[d]} at dim {d}, tensors[0] has {size}")
+        if t.device != tensors[0].device:
+            raise ValueError(f"{op}: tensors[{i}] is on {t.device}, tensors[0] on {tensors[0].device}")
+    return size

@@ -1,0 +1,184 @@
+"""Plain PyTorch reference of every op: the specification the C++ and Triton kernels are held to.
+
+Readable, not fast: it materialises every distribution. The tests compare the compiled backends to
+these functions token for token, and the functions themselves to exact distributions.
+
+Randomness (shared bit for bit by all backends)
+------------------------------------------------
+Philox-4x32-10 with key = the row's int64 seed (low word, high word) and counter
+``(vocab index, position low word, stream, position high word)``; the first output word ``x``
+becomes ``u = (2 * (x >> 9) + 1) * 2**-24``, which lies in (0, 1) and is exact in float32, so all
+backends start from identical uniforms. Stream ``NOISE`` gives the per-token exponentials
+``E_v = -log u_v`` used by every categorical draw; stream ``ACCEPT`` (at vocab index 0) gives the
+acceptance uniform of each draft position. A draw at position ``pos`` uses the noise of ``pos``
+only, so a row's tokens never depend on the other rows of the batch.
+
+Categorical draws without normalising (brief 2.3):
+- from logits ``l``: ``argmax_v l_v - log E_v`` (Gumbel-max);
+- from non-negative weights ``w``: ``argmax_v w_v / E_v`` (exponential race).
+Ties go to the lowest index.
+"""
+from __future__ import annotations
+
+import torch
+
+NOISE = 0
+ACCEPT = 1
+
+_MASK32 = 0xFFFFFFFF
+_PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+_PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+
+
+def _mulhilo32(constant: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # 32x32 -> 64-bit product in int64 without overflow: split the constant into 16-bit halves.
+    t_lo = x * (constant & 0xFFFF)
+    t_hi = x * (constant >> 16)
+    mid = t_lo + ((t_hi & 0xFFFF) << 16)
+    return (t_hi >> 16) + (mid >> 32), mid & _MASK32
+
+
+def philox_uint32(seed: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor, c2: int, c3: torch.Tensor) -> torch.Tensor:
+    """First output word of Philox-4x32-10, as int64 in [0, 2**32). Arguments broadcast."""
+    k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+    c2 = torch.full_like(c1, c2)
+    c0, c1, c3 = torch.broadcast_tensors(c0, c1, c3)
+    for _ in range(10):
+        hi0, lo0 = _mulhilo32(_PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo32(_PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + _PHILOX_W0) & _MASK32, (k1 + _PHILOX_W1) & _MASK32
+    return c0
+
+
+def uniform(seed: torch.Tensor, position: torch.Tensor, vocab_index: torch.Tensor, stream: int) -> torch.Tensor:
+    """float32 uniforms in (0, 1) keyed by (seed, position, vocab index, stream); arguments broadcast."""
+    x = philox_uint32(seed, vocab_index, position & _MASK32, stream, (position >> 32) & _MASK32)
+    return ((x >> 9) * 2 + 1).to(torch.float32) * 2.0**-24
+
+
+def exponential_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """``E[..., v] = -log u`` for every row of ``seeds``/``positions`` (same shape) and vocab index."""
+    vocab = torch.arange(vocab_size, device=seeds.device)
+    u = uniform(seeds.unsqueeze(-1), positions.unsqueeze(-1), vocab, NOISE)
+    return -torch.log(u)
+
+
+def _logsumexp(x: torch.Tensor) -> torch.Tensor:
+    # The normaliser every backend computes: m + log(sum exp(x - m)), m = max(x).
+    m = x.amax(-1, keepdim=True)
+    return m + torch.log(torch.exp(x - m).sum(-1, keepdim=True))
+
+
+def sample(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Reference of :func:`specalign.ops.sample`: ``argmax_v logits_v - log E_v``."""
+    noise = exponential_noise(seeds, positions, logits.shape[-1])
+    return torch.argmax(logits.float() - torch.log(noise), dim=-1)
+
+
+def shifted_target_logits(target: torch.Tensor, draft: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """SSS target ``tl + (dl - rl)``: softmax of it is norm(pi_ref * pi_r / pi_d) (Z is implicit).
+
+    A token that either draft gives zero probability gets zero weight (never ``inf - inf``); the
+    shift is exactly 0 where ``draft == ref``, so SSS then repeats standard mode bit for bit.
+    """
+    finite = (draft > -torch.inf) & (ref > -torch.inf)
+    shift = torch.where(finite, draft - ref, torch.full_like(draft, -torch.inf))
+    return target + shift
+
+
+def speculative_verify(draft_tokens, draft_logits, target_logits, ref_logits, seeds, positions):
+    """Reference of :func:`specalign.ops.speculative_verify` (arguments already validated)."""
+    batch, num_draft = draft_tokens.shape
+    target = target_logits.float()
+    draft = draft_logits.float()
+    has_bonus = True
+    if ref_logits is not None:
+        rows = draft.shape[1]
+        target = shifted_target_logits(target[:, :rows], draft, ref_logits.float())
+        has_bonus = rows == num_draft + 1
+    draft = draft[:, :num_draft]
+
+    log_p = target - _logsumexp(target)  # [B, K or K+1, V]
+    log_q = draft - _logsumexp(draft)  # [B, K, V]
+    index = draft_tokens.long().unsqueeze(-1)
+    log_p_x = log_p[:, :num_draft].gather(-1, index).squeeze(-1)
+    log_q_x = log_q.gather(-1, index).squeeze(-1)
+
+    steps = torch.arange(num_draft + 1, device=seeds.device)
+    step_positions = positions.unsqueeze(-1) + steps  # [B, K+1]
+    u = uniform(seeds.unsqueeze(-1), step_positions[:, :num_draft], torch.zeros_like(steps[:1]), ACCEPT)
+    accepted = (log_q_x > -torch.inf) & (u < torch.exp(log_p_x - log_q_x))
+    num_accepted = accepted.long().cumprod(-1).sum(-1)
+
+    tokens = torch.full((batch, num_draft + 1), -1, dtype=torch.long, device=draft_tokens.device)
+    num_emitted = torch.empty_like(num_accepted)
+    for b in range(batch):
+        n = int(num_accepted[b])
+        tokens[b, :n] = draft_tokens[b, :n]
+        noise = exponential_noise(seeds[b], step_positions[b, n], target.shape[-1])
+        if n < num_draft:
+            residual = torch.clamp_min(torch.exp(log_p[b, n]) - torch.exp(log_q[b, n]), 0.0)
+            if residual.max() > 0:
+                tokens[b, n] = torch.argmax(residual / noise)
+            else:  # p <= q everywhere up to rounding: the residual is p itself
+                tokens[b, n] = torch.argmax(target[b, n] - torch.log(noise))
+            num_emitted[b] = n + 1
+        elif has_bonus:
+            tokens[b, n] = torch.argmax(target[b, n] - torch.log(noise))
+            num_emitted[b] = n + 1
+        else:
+            num_emitted[b] = n
+    return tokens, num_accepted, num_emitted
+
+
+def speculative_verify_probs(draft_tokens, draft_probs, target_probs, seeds, positions):
+    """Reference of :func:`specalign.ops.speculative_verify_probs` (arguments already validated)."""
+    batch, num_draft = draft_tokens.shape
+    p = target_probs.float()
+    q = draft_probs.float()[:, :num_draft]
+    index = draft_tokens.long().unsqueeze(-1)
+    p_x = p[:, :num_draft].gather(-1, index).squeeze(-1)
+    q_x = q.gather(-1, index).squeeze(-1)
+
+    steps = torch.arange(num_draft + 1, device=seeds.device)
+    step_positions = positions.unsqueeze(-1) + steps
+    u = uniform(seeds.unsqueeze(-1), step_positions[:, :num_draft], torch.zeros_like(steps[:1]), ACCEPT)
+    accepted = (q_x > 0) & (u < p_x / q_x)
+    num_accepted = accepted.long().cumprod(-1).sum(-1)
+
+    tokens = torch.full((batch, num_draft + 1), -1, dtype=torch.long, device=draft_tokens.device)
+    for b in range(batch):
+        n = int(num_accepted[b])
+        tokens[b, :n] = draft_tokens[b, :n]
+        noise = exponential_noise(seeds[b], step_positions[b, n], p.shape[-1])
+        weights = p[b, n]
+        if n < num_draft:
+            residual = torch.clamp_min(p[b, n] - q[b, n], 0.0)
+            if residual.max() > 0:
+                weights = residual
+        tokens[b, n] = torch.argmax(weights / noise)
+    return tokens, num_accepted, num_accepted + 1
+
+
+def compact_rows(tensors, keep, dims):
+    """Reference of :func:`specalign.ops.compact_rows`: gather the kept rows, then copy them back."""
+    for tensor, dim in zip(tensors, dims):
+        kept = tensor.index_select(dim, keep)
+        tensor.narrow(dim, 0, keep.numel()).copy_(kept)
+
+
+def compact_columns(tensors, keep_mask, dims):
+    """Reference of :func:`specalign.ops.compact_columns`: right-align each row's kept positions."""
+    batch, length = keep_mask.shape
+    lengths = keep_mask.sum(-1)
+    for tensor, dim in zip(tensors, dims):
+        for b in range(batch):
+            row = tensor[b]
+            kept = row.index_select(dim - 1, keep_mask[b].nonzero().squeeze(-1))
+            n = int(lengths[b])
+            row.narrow(dim - 1, length - n, n).copy_(kept)
+            row.narrow(dim - 1, 0, length - n).zero_()
+    columns = torch.arange(length, device=keep_mask.device)
+    attention_mask = (columns >= length - lengths.unsqueeze(-1)).long()
+    return lengths, attention_mask

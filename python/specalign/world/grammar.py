@@ -1,0 +1,154 @@
+"""Seeded generator of short review-style chat replies.
+
+A prompt names a topic ("review of the pizza:"); the reply is a few lowercase
+sentences built from clause templates. Each reply draws a hidden mood in [0, 1]
+that sets how likely each sentiment slot is positive, so replies range from
+glowing to scathing and a language model has a latent variable to infer.
+"""
+
+import random
+from dataclasses import dataclass
+
+POSITIVE_WORDS = (
+    "great", "excellent", "amazing", "lovely", "perfect", "fantastic",
+    "wonderful", "superb", "solid", "pleasant", "impressive", "brilliant",
+    "delightful", "nice", "awesome", "outstanding",
+)
+NEGATIVE_WORDS = (
+    "bad", "awful", "terrible", "poor", "disappointing", "mediocre",
+    "boring", "horrible", "dull", "weak", "annoying", "sloppy",
+    "lousy", "dreadful", "useless", "unpleasant",
+)
+NEUTRAL_WORDS = ("simple", "typical", "different", "small", "big", "new", "usual", "busy")
+INTENSIFIERS = ("really", "very", "quite", "pretty", "so", "just", "rather", "truly")
+OPENERS = ("honestly,", "well,", "so,", "to be fair,", "i have to say,", "okay,")
+GOOD_CLOSERS = ("would recommend.", "will come back.", "five stars.", "worth it.")
+BAD_CLOSERS = ("would not recommend.", "never again.", "one star.", "not worth it.")
+
+
+@dataclass(frozen=True)
+class Category:
+    topics: tuple[str, ...]
+    generic_refs: tuple[str, ...]
+    aspects: tuple[str, ...]
+
+
+CATEGORIES = (
+    Category(
+        ("pizza", "burger", "pasta", "sushi", "coffee", "salad"),
+        ("food", "place", "meal"),
+        ("taste", "service", "portion", "price", "staff", "sauce"),
+    ),
+    Category(
+        ("phone", "laptop", "camera", "headphones", "blender", "charger"),
+        ("product", "device", "thing"),
+        ("battery", "screen", "sound", "build", "price", "design"),
+    ),
+    Category(
+        ("movie", "show", "album", "novel", "play", "podcast"),
+        ("story", "film", "thing"),
+        ("plot", "acting", "ending", "music", "pacing", "dialogue"),
+    ),
+    Category(
+        ("hotel", "flight", "museum", "gym", "park", "concert"),
+        ("trip", "place", "visit"),
+        ("room", "staff", "location", "price", "view", "crowd"),
+    ),
+)
+TOPICS = tuple(topic for category in CATEGORIES for topic in category.topics)
+PROMPT_TEMPLATES = ("review of the {}:", "thoughts on the {}:", "how was the {}:")
+MIN_WORDS, MAX_WORDS = 5, 30
+
+EVAL_PROMPTS = (
+    "review of the pizza:", "thoughts on the coffee:", "how was the sushi:",
+    "review of the burger:", "review of the phone:", "thoughts on the laptop:",
+    "how was the camera:", "review of the headphones:", "review of the movie:",
+    "thoughts on the album:", "how was the show:", "review of the novel:",
+    "review of the hotel:", "thoughts on the flight:", "how was the museum:",
+    "review of the concert:",
+)
+
+
+def all_prompts() -> list[str]:
+    return [template.format(topic) for template in PROMPT_TEMPLATES for topic in TOPICS]
+
+
+def _category_of(topic: str) -> Category:
+    return next(category for category in CATEGORIES if topic in category.topics)
+
+
+def _with_article(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+class _ReplyWriter:
+    def __init__(self, rng: random.Random, topic: str):
+        self.rng = rng
+        self.topic = topic
+        self.category = _category_of(topic)
+        self.mood = rng.betavariate(0.8, 0.8)
+        self.names_topic = rng.random() < 0.6
+
+    def sentiment(self) -> str:
+        words = POSITIVE_WORDS if self.rng.random() < self.mood else NEGATIVE_WORDS
+        adjective = self.rng.choice(words)
+        if self.rng.random() < 0.35:
+            return f"{self.rng.choice(INTENSIFIERS)} {adjective}"
+        return adjective
+
+    def reference(self) -> str:
+        if self.names_topic and self.rng.random() < 0.7:
+            return self.topic
+        return self.rng.choice(self.category.generic_refs)
+
+    def aspect(self) -> str:
+        return self.rng.choice(self.category.aspects)
+
+    def clause(self) -> str:
+        rng = self.rng
+        templates = (
+            lambda: f"the {self.reference()} was {self.sentiment()}",
+            lambda: f"the {self.aspect()} was {self.sentiment()}",
+            lambda: f"{self.sentiment()} {self.aspect()}",
+            lambda: f"the {self.aspect()} was {self.sentiment()} but the {self.aspect()} was {self.sentiment()}",
+            lambda: f"i found the {self.aspect()} {self.sentiment()}",
+            lambda: f"it was {rng.choice(NEUTRAL_WORDS)} and {self.sentiment()}",
+            lambda: _with_article(f"{self.sentiment()} {self.reference()} with a {rng.choice(NEUTRAL_WORDS)} {self.aspect()}"),
+        )
+        return rng.choice(templates)()
+
+    def sentence(self) -> str:
+        clauses = [self.clause() for _ in range(self.rng.choice((1, 1, 2)))]
+        text = " and ".join(clauses) + "."
+        if self.rng.random() < 0.2:
+            text = f"{self.rng.choice(OPENERS)} {text}"
+        return text
+
+    def closer(self) -> str:
+        closers = GOOD_CLOSERS if self.rng.random() < self.mood else BAD_CLOSERS
+        return self.rng.choice(closers)
+
+    def reply(self) -> str:
+        sentences = [self.sentence() for _ in range(self.rng.randint(1, 4))]
+        if self.rng.random() < 0.4:
+            sentences.append(self.closer())
+        return " ".join(sentences)
+
+
+def sample_reply(rng: random.Random, topic: str) -> str:
+    """One reply with MIN_WORDS..MAX_WORDS words, drawn until it fits."""
+    while True:
+        reply = _ReplyWriter(rng, topic).reply()
+        if MIN_WORDS <= len(reply.split()) <= MAX_WORDS:
+            return reply
+
+
+def sample_corpus(size: int, seed: int = 0) -> list[tuple[str, str]]:
+    """`size` (prompt, reply) pairs; the text a model sees is f"{prompt} {reply}"."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(size):
+        topic = rng.choice(TOPICS)
+        prompt = rng.choice(PROMPT_TEMPLATES).format(topic)
+        pairs.append((prompt, sample_reply(rng, topic)))
+    return pairs
