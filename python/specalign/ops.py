@@ -382,6 +382,10 @@ def _check_dims(tensors, dim):
         dims[i] %= t.dim()
         if any(s == 0 and n > 1 for s, n in zip(t.stride(), t.shape)):
             raise ValueError(f"tensors[{i}] has overlapping memory (a zero stride); it cannot be compacted in place")
+    first_at = {}
+    for i, t in enumerate(tensors):
+        if t.numel() and first_at.setdefault(t.data_ptr(), i) != i:
+            raise ValueError(f"tensors[{i}] and tensors[{first_at[t.data_ptr()]}] are the same memory; pass each tensor once")
     return dims
 
 

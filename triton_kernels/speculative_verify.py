@@ -1,0 +1,278 @@
+"""Triton kernels of :func:`specalign.ops.speculative_verify` and ``speculative_verify_probs``.
+
+Nothing the size of the vocabulary is written: acceptance needs only the drafted tokens' entries
+(and, from logits, each verified row's normaliser), and the one extra token per request is an
+exponential race over a single row read once more. Vocab rows are split across programs so that a
+small batch still fills the GPU; every stage reduces its splits in the next one.
+
+From logits (three launches; ``a`` = target logits, or the SSS target ``tl + (dl - rl)``):
+  1. ``_normaliser_kernel``, grid ``(B*K, splits)``: partial log-sum-exp of ``a`` and of the draft
+     over a vocab slice, one pass with per-lane online max/sum. Reads the ``K`` verified rows of
+     the target and the draft (and the reference, SSS): ``B*K*V*(2 or 3)`` elements.
+  2. ``_race_kernel``, grid ``(B, splits)``: every program reduces the normalisers, gathers the
+     ``K`` drafted entries, walks to the first rejection ``n`` (a few hundred bytes, repeated per
+     split) and races its slice of row ``n``: key ``max(0, p - q) / E`` for a residual, with the
+     fallback ``a - log E`` (used when ``p <= q`` everywhere, and for the bonus row). Reads one row
+     of each input per request.
+  3. ``_emit_kernel``, grid ``(B,)``: reduces the splits and writes tokens and counts.
+From probabilities the normalisers are not needed: stages 2 and 3 only, with key
+``max(0, p - q) / E`` and fallback ``p / E``.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from specalign.triton_kernels.utils import ACCEPT_STREAM, argmax_lanes, exponential, on_device, split_vocab, uniform
+
+_INDEX_BOUND = tl.constexpr(2**31 - 1)
+
+
+@triton.jit
+def _load_logits(target_row, draft_row, ref_row, vocab_index, mask, draft_mask, SHIFTED: tl.constexpr):
+    """The target ``a`` (SSS: ``tl + (dl - rl)``, -inf where a draft is -inf) and draft ``d`` in fp32."""
+    a = tl.load(target_row + vocab_index, mask=mask, other=float("-inf")).to(tl.float32)
+    d = tl.load(draft_row + vocab_index, mask=draft_mask, other=float("-inf")).to(tl.float32)
+    if SHIFTED:
+        r = tl.load(ref_row + vocab_index, mask=mask, other=float("-inf")).to(tl.float32)
+        a = a + tl.where((d > float("-inf")) & (r > float("-inf")), d - r, float("-inf"))
+    return a, d
+
+
+@triton.jit
+def _online_logsumexp(running_max, running_sum, x):
+    new_max = tl.maximum(running_max, x)
+    shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # all -inf so far: keep the sum 0, not NaN
+    return new_max, running_sum * tl.exp(running_max - shift) + tl.exp(x - shift)
+
+
+@triton.jit
+def _merge_logsumexp(partial_max, partial_sum, axis: tl.constexpr):
+    top = tl.max(partial_max, axis=axis)
+    shift = tl.where(top == float("-inf"), 0.0, top)
+    expanded = tl.expand_dims(shift, axis)
+    return top + tl.log(tl.sum(partial_sum * tl.exp(partial_max - expanded), axis=axis))
+
+
+@triton.jit
+def _normaliser_kernel(
+    target_ptr, draft_ptr, ref_ptr, lse_ptr,
+    num_draft, draft_rows, vocab, split_size, num_splits,
+    SHIFTED: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    verified_row = tl.program_id(0)  # b * K + j
+    split = tl.program_id(1)
+    b = verified_row // num_draft
+    j = verified_row % num_draft
+    target_row = target_ptr + (b * (num_draft + 1) + j).to(tl.int64) * vocab
+    draft_row = draft_ptr + (b * draft_rows + j).to(tl.int64) * vocab
+    ref_row = ref_ptr + (b * draft_rows + j).to(tl.int64) * vocab
+    start = split * split_size
+    end = tl.minimum(start + split_size, vocab)
+
+    lanes = tl.arange(0, BLOCK_V)
+    max_a = tl.full([BLOCK_V], float("-inf"), tl.float32)
+    sum_a = tl.zeros([BLOCK_V], tl.float32)
+    max_d = tl.full([BLOCK_V], float("-inf"), tl.float32)
+    sum_d = tl.zeros([BLOCK_V], tl.float32)
+    for offset in range(start, end, BLOCK_V):
+        vocab_index = offset + lanes
+        in_slice = vocab_index < end
+        a, d = _load_logits(target_row, draft_row, ref_row, vocab_index, in_slice, in_slice, SHIFTED)
+        max_a, sum_a = _online_logsumexp(max_a, sum_a, a)
+        max_d, sum_d = _online_logsumexp(max_d, sum_d, d)
+
+    out = lse_ptr + (verified_row * num_splits + split) * 2
+    tl.store(out, _merge_logsumexp(max_a, sum_a, 0))
+    tl.store(out + 1, _merge_logsumexp(max_d, sum_d, 0))
+
+
+@triton.jit
+def _race_kernel(
+    draft_tokens_ptr, target_ptr, draft_ptr, ref_ptr, lse_ptr, seeds_ptr, positions_ptr,
+    num_accepted_ptr, residual_max_ptr, residual_best_ptr, residual_index_ptr, fallback_best_ptr, fallback_index_ptr,
+    num_draft, draft_rows, vocab, split_size, num_splits, lse_splits,
+    FROM_PROBS: tl.constexpr, SHIFTED: tl.constexpr, HAS_BONUS: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_LSE_SPLITS: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    b = tl.program_id(0)
+    split = tl.program_id(1)
+    seed = tl.load(seeds_ptr + b)
+    position = tl.load(positions_ptr + b)
+
+    # --- acceptance of the K drafts: gathered entries only (every split repeats it) -------------
+    steps = tl.arange(0, BLOCK_K)
+    is_step = steps < num_draft
+    tokens = tl.load(draft_tokens_ptr + b * num_draft + steps, mask=is_step, other=0).to(tl.int64)
+    target_at_steps = target_ptr + (b * (num_draft + 1) + steps).to(tl.int64) * vocab
+    draft_at_steps = draft_ptr + (b * draft_rows + steps).to(tl.int64) * vocab
+    u = uniform(seed, position + steps, tl.zeros([BLOCK_K], tl.int32), ACCEPT_STREAM)
+    if FROM_PROBS:
+        p_x = tl.load(target_at_steps + tokens, mask=is_step, other=0.0).to(tl.float32)
+        q_x = tl.load(draft_at_steps + tokens, mask=is_step, other=0.0).to(tl.float32)
+        # IEEE division, as the reference; q = 0 (never drawn) rejects without dividing by it.
+        accepted = (q_x > 0.0) & (u < tl.math.div_rn(p_x, tl.where(q_x > 0.0, q_x, 1.0)))
+    else:
+        # Each split's log-sum-exp is a (max, sum = 1) pair of the merge.
+        splits = tl.arange(0, BLOCK_LSE_SPLITS)[None, :]
+        in_tile = is_step[:, None] & (splits < lse_splits)
+        partial = lse_ptr + ((b * num_draft + steps[:, None]) * lse_splits + splits) * 2
+        ones = tl.where(in_tile, 1.0, 0.0)
+        lse_a = _merge_logsumexp(tl.load(partial, mask=in_tile, other=float("-inf")), ones, 1)
+        lse_d = _merge_logsumexp(tl.load(partial + 1, mask=in_tile, other=float("-inf")), ones, 1)
+        ref_at_steps = ref_ptr + (b * draft_rows + steps).to(tl.int64) * vocab
+        a_x, d_x = _load_logits(target_at_steps, draft_at_steps, ref_at_steps, tokens, is_step, is_step, SHIFTED)
+        log_p = a_x - lse_a
+        log_q = d_x - lse_d
+        accepted = (log_q > float("-inf")) & (u < tl.exp(log_p - log_q))
+    n = tl.min(tl.where(is_step & ~accepted, steps, num_draft), axis=0)
+    if split == 0:
+        tl.store(num_accepted_ptr + b, n.to(tl.int64))
+
+    # --- race over row n: residual at a rejection, bonus after K acceptances ----------------------
+    rejected = n < num_draft
+    target_row = target_ptr + (b * (num_draft + 1) + n).to(tl.int64) * vocab
+    draft_row = draft_ptr + (b * draft_rows + n).to(tl.int64) * vocab
+    start = split * split_size
+    end = tl.minimum(start + split_size, vocab)
+    end = tl.where(rejected | HAS_BONUS, end, start)  # SSS without K+1 rows: nothing to draw
+    # The draft's row n exists for a rejection, and in SSS for a bonus (K+1 draft rows). (Masks are
+    # built from index comparisons: the interpreter mistypes scalar-bool & vector-bool.)
+    draft_end = tl.where(rejected | SHIFTED, end, start)
+    if not FROM_PROBS:
+        ref_row = ref_ptr + (b * draft_rows + n).to(tl.int64) * vocab
+        # +inf on the bonus row makes p = q = 0 there: only the fallback races.
+        lse_a_n = tl.min(tl.where(steps == n, lse_a, float("inf")), axis=0)
+        lse_d_n = tl.min(tl.where(steps == n, lse_d, float("inf")), axis=0)
+
+    lanes = tl.arange(0, BLOCK_V)
+    residual_max = tl.zeros([BLOCK_V], tl.float32)
+    residual_best = tl.full([BLOCK_V], -1.0, tl.float32)  # keys are >= 0: the first index always enters
+    residual_index = tl.full([BLOCK_V], 0, tl.int32)
+    fallback_best = tl.full([BLOCK_V], float("-inf"), tl.float32)
+    fallback_index = tl.full([BLOCK_V], 0, tl.int32) + start  # an all -inf slice answers its first index
+    for offset in range(start, end, BLOCK_V):
+        vocab_index = offset + lanes
+        in_slice = vocab_index < end
+        noise = exponential(seed, position + n, vocab_index)
+        if FROM_PROBS:
+            # q = 0 on the bonus row (the draft has K rows): the residual is p itself there.
+            p = tl.load(target_row + vocab_index, mask=in_slice, other=0.0).to(tl.float32)
+            q = tl.load(draft_row + vocab_index, mask=vocab_index < draft_end, other=0.0).to(tl.float32)
+            fallback_key = tl.where(in_slice, tl.math.div_rn(p, noise), float("-inf"))
+        else:
+            a, d = _load_logits(target_row, draft_row, ref_row, vocab_index, in_slice, vocab_index < draft_end, SHIFTED)
+            p = tl.exp(a - lse_a_n)
+            q = tl.exp(d - lse_d_n)
+            fallback_key = a - tl.log(noise)
+        residual = tl.maximum(p - q, 0.0)
+        residual_key = tl.where(in_slice, tl.math.div_rn(residual, noise), -2.0)
+        residual_max = tl.maximum(residual_max, residual)
+        better = residual_key > residual_best  # strict: the lowest index wins ties
+        residual_best = tl.where(better, residual_key, residual_best)
+        residual_index = tl.where(better, vocab_index, residual_index)
+        better = fallback_key > fallback_best
+        fallback_best = tl.where(better, fallback_key, fallback_best)
+        fallback_index = tl.where(better, vocab_index, fallback_index)
+
+    out = b * num_splits + split
+    tl.store(residual_max_ptr + out, tl.max(residual_max, axis=0))
+    top, arg = argmax_lanes(residual_best, residual_index, _INDEX_BOUND)
+    tl.store(residual_best_ptr + out, top)
+    tl.store(residual_index_ptr + out, arg)
+    top, arg = argmax_lanes(fallback_best, fallback_index, _INDEX_BOUND)
+    tl.store(fallback_best_ptr + out, top)
+    tl.store(fallback_index_ptr + out, arg)
+
+
+@triton.jit
+def _emit_kernel(
+    draft_tokens_ptr, num_accepted_ptr, residual_max_ptr, residual_best_ptr, residual_index_ptr,
+    fallback_best_ptr, fallback_index_ptr, tokens_ptr, num_emitted_ptr,
+    num_draft, num_splits,
+    HAS_BONUS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_SPLITS: tl.constexpr,
+):
+    b = tl.program_id(0)
+    n = tl.load(num_accepted_ptr + b)
+    emits = (n < num_draft) | HAS_BONUS
+
+    splits = tl.arange(0, BLOCK_SPLITS)
+    valid = splits < num_splits
+    at = b * num_splits + splits
+    residual_max = tl.load(residual_max_ptr + at, mask=valid, other=0.0)
+    residual_best = tl.load(residual_best_ptr + at, mask=valid, other=-2.0)
+    residual_index = tl.load(residual_index_ptr + at, mask=valid, other=_INDEX_BOUND)
+    fallback_best = tl.load(fallback_best_ptr + at, mask=valid, other=float("-inf"))
+    fallback_index = tl.load(fallback_index_ptr + at, mask=valid, other=_INDEX_BOUND)
+    _, residual_token = argmax_lanes(residual_best, residual_index, _INDEX_BOUND)
+    _, fallback_token = argmax_lanes(fallback_best, fallback_index, _INDEX_BOUND)
+    # p <= q everywhere (up to rounding) leaves no residual: the residual is then p itself.
+    token = tl.where(tl.max(residual_max, axis=0) > 0.0, residual_token, fallback_token).to(tl.int64)
+
+    columns = tl.arange(0, BLOCK_K)
+    drafts = tl.load(draft_tokens_ptr + b * num_draft + columns, mask=columns < n, other=-1).to(tl.int64)
+    token_column = tl.where(emits, n, -1)
+    out = tl.where(columns < n, drafts, tl.where(columns == token_column, token, -1))
+    tl.store(tokens_ptr + b * (num_draft + 1) + columns, out, mask=columns <= num_draft)
+    tl.store(num_emitted_ptr + b, n + emits.to(tl.int64))
+
+
+def _verify(draft_tokens, draft, target, ref, seeds, positions, from_probs, block_size, num_splits):
+    draft_tokens, seeds, positions = draft_tokens.contiguous(), seeds.contiguous(), positions.contiguous()
+    batch, num_draft = draft_tokens.shape
+    draft_rows, vocab = draft.shape[1], draft.shape[2]
+    device = draft_tokens.device
+    shifted = ref is not None
+    ref = ref if shifted else target  # any pointer fills the unused slot
+    has_bonus = not shifted or draft_rows == num_draft + 1
+    block_k = triton.next_power_of_2(num_draft + 1)
+    tokens = torch.empty((batch, num_draft + 1), dtype=torch.int64, device=device)
+    num_accepted = torch.empty(batch, dtype=torch.int64, device=device)
+    num_emitted = torch.empty(batch, dtype=torch.int64, device=device)
+    if batch == 0:
+        return tokens, num_accepted, num_emitted
+
+    with on_device(device):
+        lse, lse_splits = target, 1  # probabilities need no normalisers
+        if not from_probs:
+            lse_size, lse_splits = split_vocab(batch * num_draft, vocab, block_size, device, num_splits)
+            lse = torch.empty((batch * num_draft, lse_splits, 2), dtype=torch.float32, device=device)
+            _normaliser_kernel[(batch * num_draft, lse_splits)](
+                target, draft, ref, lse,
+                num_draft, draft_rows, vocab, lse_size, lse_splits,
+                SHIFTED=shifted, BLOCK_V=block_size)
+
+        race_size, race_splits = split_vocab(batch, vocab, block_size, device, num_splits)
+        residual_max, residual_best, fallback_best = torch.empty((3, batch, race_splits), dtype=torch.float32, device=device)
+        residual_index, fallback_index = torch.empty((2, batch, race_splits), dtype=torch.int32, device=device)
+        _race_kernel[(batch, race_splits)](
+            draft_tokens, target, draft, ref, lse, seeds, positions,
+            num_accepted, residual_max, residual_best, residual_index, fallback_best, fallback_index,
+            num_draft, draft_rows, vocab, race_size, race_splits, lse_splits,
+            FROM_PROBS=from_probs, SHIFTED=shifted, HAS_BONUS=has_bonus,
+            BLOCK_K=block_k, BLOCK_LSE_SPLITS=triton.next_power_of_2(lse_splits), BLOCK_V=block_size)
+        _emit_kernel[(batch,)](
+            draft_tokens, num_accepted, residual_max, residual_best, residual_index,
+            fallback_best, fallback_index, tokens, num_emitted,
+            num_draft, race_splits,
+            HAS_BONUS=has_bonus, BLOCK_K=block_k, BLOCK_SPLITS=triton.next_power_of_2(race_splits))
+    return tokens, num_accepted, num_emitted
+
+
+def speculative_verify(draft_tokens, draft_logits, target_logits, ref_logits, seeds, positions, *,
+                       block_size: int = 1024, num_splits: int | None = None):
+    """``(tokens [B, K+1], num_accepted [B], num_emitted [B])`` from logits, standard or SSS.
+
+    ``block_size`` (vocab entries per program step) and ``num_splits`` (programs per vocab row; by
+    default enough to fill the device) are launch parameters: they never change the result.
+    """
+    return _verify(draft_tokens, draft_logits, target_logits, ref_logits, seeds, positions,
+                   False, block_size, num_splits)
+
+
+def speculative_verify_probs(draft_tokens, draft_probs, target_probs, seeds, positions, *,
+                             block_size: int = 1024, num_splits: int | None = None):
+    """``(tokens [B, K+1], num_accepted [B], num_emitted [B])`` from probabilities."""
+    return _verify(draft_tokens, draft_probs, target_probs, None, seeds, positions,
+                   True, block_size, num_splits)
