@@ -93,11 +93,13 @@ def speculative_verify(
     _check_backend(backend)
     batch, num_draft = _check_tokens(draft_tokens)
     vocab = _check_logits("target_logits", target_logits, batch, (num_draft + 1,))
+    _check_same_device("draft_tokens", draft_tokens, "target_logits", target_logits)
     _check_logits("draft_logits", draft_logits, batch, (num_draft, num_draft + 1), vocab, target_logits)
     if ref_logits is not None:
         _check_logits("ref_logits", ref_logits, batch, (draft_logits.shape[1],), vocab, target_logits)
     _check_seeds_positions(seeds, positions, batch, draft_tokens.device)
     if check_values:
+        _check_positions_sign(positions)
         _check_token_range("draft_tokens", draft_tokens, vocab)
         for name, logits in (("draft_logits", draft_logits), ("target_logits", target_logits), ("ref_logits", ref_logits)):
             if logits is not None:
@@ -151,9 +153,11 @@ def speculative_verify_probs(
     _check_backend(backend)
     batch, num_draft = _check_tokens(draft_tokens)
     vocab = _check_logits("target_probs", target_probs, batch, (num_draft + 1,))
+    _check_same_device("draft_tokens", draft_tokens, "target_probs", target_probs)
     _check_logits("draft_probs", draft_probs, batch, (num_draft,), vocab, target_probs)
     _check_seeds_positions(seeds, positions, batch, draft_tokens.device)
     if check_values:
+        _check_positions_sign(positions)
         _check_token_range("draft_tokens", draft_tokens, vocab)
         for name, probs in (("draft_probs", draft_probs), ("target_probs", target_probs)):
             if not bool(torch.isfinite(probs).all()) or bool((probs < 0).any()):
@@ -202,6 +206,7 @@ def sample(
     _check_logits("logits", logits.unsqueeze(1), logits.shape[0], (1,))
     _check_seeds_positions(seeds, positions, logits.shape[0], logits.device)
     if check_values:
+        _check_positions_sign(positions)
         _check_logit_values("logits", logits)
     args = (logits.contiguous(), seeds, positions)
     if backend == "reference":
@@ -331,8 +336,8 @@ def _check_tokens(draft_tokens):
 def _check_logits(name, logits, batch, allowed_rows, vocab=None, like=None):
     if logits.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be float32, bfloat16 or float16, got {logits.dtype}")
-    rows = " or ".join(str(r) for r in allowed_rows)
     if logits.dim() != 3 or logits.shape[0] != batch or logits.shape[1] not in allowed_rows:
+        rows = " or ".join(str(r) for r in allowed_rows)
         raise ValueError(f"{name} must have shape [B={batch}, {rows}, V], got {tuple(logits.shape)}")
     if vocab is not None and logits.shape[2] != vocab:
         raise ValueError(f"{name} has vocabulary size {logits.shape[2]}, but the target has {vocab}")
@@ -352,8 +357,16 @@ def _check_seeds_positions(seeds, positions, batch, device):
             raise ValueError(f"{name} must be a [B={batch}] int64 tensor, got {t.dtype} of shape {tuple(t.shape)}")
         if t.device != device:
             raise ValueError(f"{name} is on {t.device}, but the tokens/logits are on {device}")
-    if batch and int(positions.min()) < 0:
+
+
+def _check_positions_sign(positions):
+    if positions.numel() and int(positions.min()) < 0:
         raise ValueError("positions must be >= 0")
+
+
+def _check_same_device(name, tensor, other_name, other):
+    if tensor.device != other.device:
+        raise ValueError(f"{name} is on {tensor.device}, but {other_name} is on {other.device}")
 
 
 def _check_token_range(name, tokens, vocab):
@@ -384,7 +397,7 @@ def _check_dims(tensors, dim):
             raise ValueError(f"tensors[{i}] has overlapping memory (a zero stride); it cannot be compacted in place")
     first_at = {}
     for i, t in enumerate(tensors):
-        if t.numel() and first_at.setdefault(t.data_ptr(), i) != i:
+        if t.numel() and t.device.type != "meta" and first_at.setdefault(t.data_ptr(), i) != i:
             raise ValueError(f"tensors[{i}] and tensors[{first_at[t.data_ptr()]}] are the same memory; pass each tensor once")
     return dims
 
