@@ -13,7 +13,26 @@ from specalign.ops import (
     speculative_verify_probs,
 )
 
+# Algorithms load on first use: importing specalign for its ops needs no transformers.
+_ALGORITHMS = {
+    "BestOfN": "specalign.best_of_n",
+    "SpeculativeRejection": "specalign.speculative_rejection",
+    "RewardModel": "specalign.reward_model",
+    "SpeculativeSampling": "specalign.speculative_sampling",
+    "RewardShiftedSpeculativeSampling": "specalign.reward_shifted",
+}
+
+
+def __getattr__(name):
+    if name in _ALGORITHMS:
+        import importlib
+
+        return getattr(importlib.import_module(_ALGORITHMS[name]), name)
+    raise AttributeError(f"module 'specalign' has no attribute {name!r}")
+
+
 __all__ = [
+    *_ALGORITHMS,
     "ops",
     "VerifyOutput",
     "compact_columns",

@@ -82,19 +82,30 @@ def _with_article(phrase: str) -> str:
 
 
 class _ReplyWriter:
+    """Writes one reply; its context rules (contrast after "but", aspects not
+    repeated until all are used, a closer that agrees with the sentiment so far)
+    give a larger model something to gain over a smaller one."""
+
     def __init__(self, rng: random.Random, topic: str):
         self.rng = rng
         self.topic = topic
         self.category = _category_of(topic)
         self.mood = rng.betavariate(0.8, 0.8)
         self.names_topic = rng.random() < 0.6
+        self.unused_aspects = []
+        self.balance = 0
 
-    def sentiment(self) -> str:
-        words = POSITIVE_WORDS if self.rng.random() < self.mood else NEGATIVE_WORDS
-        adjective = self.rng.choice(words)
+    def sentiment(self, positive: bool | None = None) -> tuple[str, bool]:
+        if positive is None:
+            positive = self.rng.random() < self.mood
+        self.balance += 1 if positive else -1
+        adjective = self.rng.choice(POSITIVE_WORDS if positive else NEGATIVE_WORDS)
         if self.rng.random() < 0.35:
-            return f"{self.rng.choice(INTENSIFIERS)} {adjective}"
-        return adjective
+            adjective = f"{self.rng.choice(INTENSIFIERS)} {adjective}"
+        return adjective, positive
+
+    def adjective(self) -> str:
+        return self.sentiment()[0]
 
     def reference(self) -> str:
         if self.names_topic and self.rng.random() < 0.7:
@@ -102,20 +113,27 @@ class _ReplyWriter:
         return self.rng.choice(self.category.generic_refs)
 
     def aspect(self) -> str:
-        return self.rng.choice(self.category.aspects)
+        if not self.unused_aspects:
+            self.unused_aspects = self.rng.sample(self.category.aspects, len(self.category.aspects))
+        return self.unused_aspects.pop()
+
+    def contrast(self) -> str:
+        first, positive = self.sentiment()
+        second, _ = self.sentiment(not positive)
+        return f"the {self.aspect()} was {first} but the {self.aspect()} was {second}"
 
     def clause(self) -> str:
-        rng = self.rng
+        neutral = self.rng.choice(NEUTRAL_WORDS)
         templates = (
-            lambda: f"the {self.reference()} was {self.sentiment()}",
-            lambda: f"the {self.aspect()} was {self.sentiment()}",
-            lambda: f"{self.sentiment()} {self.aspect()}",
-            lambda: f"the {self.aspect()} was {self.sentiment()} but the {self.aspect()} was {self.sentiment()}",
-            lambda: f"i found the {self.aspect()} {self.sentiment()}",
-            lambda: f"it was {rng.choice(NEUTRAL_WORDS)} and {self.sentiment()}",
-            lambda: _with_article(f"{self.sentiment()} {self.reference()} with a {rng.choice(NEUTRAL_WORDS)} {self.aspect()}"),
+            lambda: f"the {self.reference()} was {self.adjective()}",
+            lambda: f"the {self.aspect()} was {self.adjective()}",
+            lambda: f"{self.adjective()} {self.aspect()}",
+            self.contrast,
+            lambda: f"i found the {self.aspect()} {self.adjective()}",
+            lambda: f"it was {neutral} and {self.adjective()}",
+            lambda: _with_article(f"{self.adjective()} {self.reference()} with a {neutral} {self.aspect()}"),
         )
-        return rng.choice(templates)()
+        return self.rng.choice(templates)()
 
     def sentence(self) -> str:
         clauses = [self.clause() for _ in range(self.rng.choice((1, 1, 2)))]
@@ -125,8 +143,8 @@ class _ReplyWriter:
         return text
 
     def closer(self) -> str:
-        closers = GOOD_CLOSERS if self.rng.random() < self.mood else BAD_CLOSERS
-        return self.rng.choice(closers)
+        good = self.balance > 0 if self.balance else self.rng.random() < self.mood
+        return self.rng.choice(GOOD_CLOSERS if good else BAD_CLOSERS)
 
     def reply(self) -> str:
         sentences = [self.sentence() for _ in range(self.rng.randint(1, 4))]

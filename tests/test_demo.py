@@ -1,0 +1,65 @@
+"""The methods on the bundled world, and the demo command that shows them."""
+import pytest
+import torch
+
+from specalign import BestOfN, RewardModel, RewardShiftedSpeculativeSampling, SpeculativeRejection
+from specalign.cli import METHOD_NAMES, main
+from specalign.world import load_world
+
+SEEDS = (1, 2, 3)
+MAX_NEW_TOKENS = 40
+
+
+@pytest.fixture(scope="module")
+def world():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny models run faster single-threaded on a shared 2-core machine
+    yield load_world()
+    torch.set_num_threads(threads)
+
+
+def _gold_and_tokens(world, method):
+    """Mean gold reward of the returned answers over the world's prompts, and tokens generated."""
+    inputs = world.tokenizer(world.prompts, return_tensors="pt", padding=True)
+    out = world.target.generate(**inputs, custom_generate=method, return_dict_in_generate=True,
+                                do_sample=True, max_new_tokens=MAX_NEW_TOKENS)
+    answers = world.tokenizer.batch_decode(out.sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    texts = [f"{prompt} {answer.strip()}" for prompt, answer in zip(world.prompts, answers)]
+    tokens = getattr(out, "tokens_generated", None)
+    if tokens is None:
+        tokens = int((out.sequences[:, inputs["input_ids"].shape[1]:] != world.tokenizer.pad_token_id).sum())
+    return float(world.gold_reward(texts).mean()), int(tokens)
+
+
+@pytest.mark.slow
+def test_speculative_rejection_beats_best_of_n_with_fewer_tokens(world):
+    rm = RewardModel(world.reward_model, world.reward_tokenizer)
+    bon = [_gold_and_tokens(world, BestOfN(rm, n=16, seed=seed)) for seed in SEEDS]
+    spr = [_gold_and_tokens(world, SpeculativeRejection(rm, n=24, alpha=0.5, decision_tokens=[6, 12], seed=seed))
+           for seed in SEEDS]
+    bon_gold, bon_tokens = (sum(x) / len(SEEDS) for x in zip(*bon))
+    spr_gold, spr_tokens = (sum(x) / len(SEEDS) for x in zip(*spr))
+    print(f"Best-of-16: gold {bon_gold:.3f}, {bon_tokens:.0f} tokens; SpR(24): gold {spr_gold:.3f}, {spr_tokens:.0f} tokens")
+    assert spr_gold >= bon_gold
+    assert spr_tokens < bon_tokens
+
+
+@pytest.mark.slow
+def test_sss_beats_target_sampling_on_gold_reward(world):
+    sampled = [_gold_and_tokens(world, None) for _ in SEEDS]
+    shifted = [_gold_and_tokens(world, RewardShiftedSpeculativeSampling(world.aligned_draft, world.draft, seed=seed))
+               for seed in SEEDS]
+    sampled_gold = sum(g for g, _ in sampled) / len(SEEDS)
+    shifted_gold = sum(g for g, _ in shifted) / len(SEEDS)
+    print(f"target sampling: gold {sampled_gold:.3f}; SSS: gold {shifted_gold:.3f}")
+    assert shifted_gold > sampled_gold + 0.5
+
+
+@pytest.mark.slow
+def test_quick_demo_prints_every_method_and_writes_the_plot(tmp_path, capsys):
+    assert main(["demo", "--quick", "--quiet", "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    for method in ["Target sampling", *METHOD_NAMES.values()]:
+        assert method in table, f"{method} missing from the demo table:\n{table}"
+    plot = tmp_path / "reward_vs_compute.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
