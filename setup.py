@@ -9,7 +9,7 @@ import glob
 from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
-cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-std=c++17"]
+cxx_flags = ["-O3", "-g0", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-std=c++17"]
 
 setup(
     name="specalign",

@@ -91,6 +91,11 @@ SSS_CASES = {
     "ref_logits +inf": (lambda a: dict(ref_logits=with_value(a["ref_logits"], (0, 1, 1), torch.inf)), "ref_logits"),
     "ref_logits -inf where draft finite": (
         lambda a: dict(ref_logits=with_value(a["ref_logits"], (1, 2, 5), -torch.inf)), "ref_logits"),
+    "shifted target zero everywhere": (
+        lambda a: dict(draft_logits=with_value(a["draft_logits"], (0, 1, slice(0, 6)), -torch.inf),
+                       ref_logits=with_value(a["ref_logits"], (0, 1, slice(0, 6)), -torch.inf),
+                       target_logits=with_value(a["target_logits"], (0, 1, slice(6, None)), -torch.inf)),
+        "draft_logits and target_logits"),
 }
 
 PROBS_CASES = {

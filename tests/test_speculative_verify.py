@@ -197,7 +197,7 @@ def test_cpp_repeats_itself_on_a_large_batch(generator):
     assert_same_output(ops.speculative_verify(**inputs, backend="cpp"), ops.speculative_verify(**inputs, backend="cpp"))
 
 
-LARGE_BATCH = 50_000
+LARGE_BATCH = 200_000
 MAX_MISMATCH_RATE = 2e-5
 
 

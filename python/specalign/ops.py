@@ -109,6 +109,12 @@ def speculative_verify(
                 "ref_logits is -inf where draft_logits is finite: the reward tilt pi_r / pi_d would be "
                 "infinite; give the drafts temperature-scaled logits without truncation"
             )
+        if ref_logits is not None:
+            rows = draft_logits.shape[1]
+            shifted = reference.shifted_target_logits(target_logits[:, :rows].float(), draft_logits.float(), ref_logits.float())
+            if bool((shifted == -torch.inf).all(-1).any()):
+                raise ValueError("draft_logits and target_logits share no token with nonzero probability in some row: "
+                                 "the shifted target pi_ref * pi_r / pi_d is zero everywhere")
     args = (draft_tokens, draft_logits.contiguous(), target_logits.contiguous(),
             None if ref_logits is None else ref_logits.contiguous(), seeds, positions)
     if backend == "reference":

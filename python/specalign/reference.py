@@ -111,25 +111,29 @@ def speculative_verify(draft_tokens, draft_logits, target_logits, ref_logits, se
     accepted = (log_q_x > -torch.inf) & (u < torch.exp(log_p_x - log_q_x))
     num_accepted = accepted.long().cumprod(-1).sum(-1)
 
-    tokens = torch.full((batch, num_draft + 1), -1, dtype=torch.long, device=draft_tokens.device)
-    num_emitted = torch.empty_like(num_accepted)
-    for b in range(batch):
-        n = int(num_accepted[b])
-        tokens[b, :n] = draft_tokens[b, :n]
-        noise = exponential_noise(seeds[b], step_positions[b, n], target.shape[-1])
-        if n < num_draft:
-            residual = torch.clamp_min(torch.exp(log_p[b, n]) - torch.exp(log_q[b, n]), 0.0)
-            if residual.max() > 0:
-                tokens[b, n] = torch.argmax(residual / noise)
-            else:  # p <= q everywhere up to rounding: the residual is p itself
-                tokens[b, n] = torch.argmax(target[b, n] - torch.log(noise))
-            num_emitted[b] = n + 1
-        elif has_bonus:
-            tokens[b, n] = torch.argmax(target[b, n] - torch.log(noise))
-            num_emitted[b] = n + 1
-        else:
-            num_emitted[b] = n
-    return tokens, num_accepted, num_emitted
+    # The last token of each row: from the residual at the first rejection, or the bonus after K
+    # acceptances (from the target row itself, also when the residual is all zero up to rounding).
+    rows = torch.arange(batch, device=seeds.device)
+    last_row = num_accepted.clamp(max=target.shape[1] - 1)
+    noise = exponential_noise(seeds, positions + num_accepted, target.shape[-1])
+    residual = torch.clamp_min(torch.exp(log_p[rows, last_row]) - torch.exp(log_q[rows, last_row.clamp(max=num_draft - 1)]), 0.0)
+    rejected = num_accepted < num_draft
+    from_residual = rejected & (residual.amax(-1) > 0)
+    last_token = torch.where(from_residual, torch.argmax(residual / noise, -1),
+                             torch.argmax(target[rows, last_row] - torch.log(noise), -1))
+    emits_last = rejected | has_bonus
+    return _emitted(draft_tokens, num_accepted, last_token, emits_last)
+
+
+def _emitted(draft_tokens, num_accepted, last_token, emits_last):
+    """``(tokens, num_accepted, num_emitted)``: the accepted drafts, then ``last_token`` where emitted."""
+    batch, num_draft = draft_tokens.shape
+    steps = torch.arange(num_draft + 1, device=draft_tokens.device)
+    drafts = torch.cat([draft_tokens.long(), draft_tokens.new_full((batch, 1), -1).long()], dim=1)
+    tokens = torch.where(steps < num_accepted[:, None], drafts, -1)
+    is_last = (steps == num_accepted[:, None]) & emits_last[:, None]
+    tokens = torch.where(is_last, last_token[:, None], tokens)
+    return tokens, num_accepted, num_accepted + emits_last.long()
 
 
 def speculative_verify_probs(draft_tokens, draft_probs, target_probs, seeds, positions):
@@ -147,18 +151,14 @@ def speculative_verify_probs(draft_tokens, draft_probs, target_probs, seeds, pos
     accepted = (q_x > 0) & (u < p_x / q_x)
     num_accepted = accepted.long().cumprod(-1).sum(-1)
 
-    tokens = torch.full((batch, num_draft + 1), -1, dtype=torch.long, device=draft_tokens.device)
-    for b in range(batch):
-        n = int(num_accepted[b])
-        tokens[b, :n] = draft_tokens[b, :n]
-        noise = exponential_noise(seeds[b], step_positions[b, n], p.shape[-1])
-        weights = p[b, n]
-        if n < num_draft:
-            residual = torch.clamp_min(p[b, n] - q[b, n], 0.0)
-            if residual.max() > 0:
-                weights = residual
-        tokens[b, n] = torch.argmax(weights / noise)
-    return tokens, num_accepted, num_accepted + 1
+    rows = torch.arange(batch, device=seeds.device)
+    noise = exponential_noise(seeds, positions + num_accepted, p.shape[-1])
+    p_last = p[rows, num_accepted]
+    residual = torch.clamp_min(p_last - q[rows, num_accepted.clamp(max=num_draft - 1)], 0.0)
+    from_residual = (num_accepted < num_draft) & (residual.amax(-1) > 0)
+    weights = torch.where(from_residual[:, None], residual, p_last)
+    last_token = torch.argmax(weights / noise, -1)
+    return _emitted(draft_tokens, num_accepted, last_token, torch.ones_like(from_residual))
 
 
 def compact_rows(tensors, keep, dims):
