@@ -24,6 +24,16 @@ MIN_EXPECTED_COUNT = 5.0
 SIGNIFICANCE = 1e-3
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules that decode tiny models: all per-op overhead, so a second thread only adds
+    contention on a busy 2-core machine (20x slower seen). Use with ``pytestmark``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def generator():
     """A fresh, seeded generator per test: every test sees the same inputs on every run."""

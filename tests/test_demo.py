@@ -10,12 +10,12 @@ SEEDS = (1, 2, 3)
 MAX_NEW_TOKENS = 40
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module")
 def world():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny models run faster single-threaded on a shared 2-core machine
-    yield load_world()
-    torch.set_num_threads(threads)
+    return load_world()
 
 
 def _gold_and_tokens(world, method):

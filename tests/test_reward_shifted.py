@@ -12,7 +12,6 @@ from test_speculative_sampling import (
     VOCAB,
     all_continuations,
     exact_distribution,
-    one_thread,  # noqa: F401  (autouse fixture)
     processed_log_probs,
     prompts_with_left_padding,
     sample_codes,
@@ -22,6 +21,8 @@ from test_speculative_sampling import (
 from transformers import XLNetConfig, XLNetLMHeadModel
 
 from specalign import RewardShiftedSpeculativeSampling, SpeculativeSampling
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

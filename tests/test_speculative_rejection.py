@@ -38,14 +38,7 @@ def tiny_qwen2():
 ARCHITECTURES = {"llama": tiny_llama, "gpt2": tiny_gpt2, "qwen2": tiny_qwen2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Decoding tiny models is all per-op overhead: a second thread only adds contention (20x slower
-    # on a busy 2-core machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ SAMPLES = 100_000
 SAMPLES_PER_CALL = 20_000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models are tiny: one thread is much faster than two on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_llama(seed, vocab=VOCAB, hidden=16, scale=5.0, dtype=torch.float64):

@@ -140,14 +140,16 @@ def generate(args) -> int:
 
     from specalign import RewardModel
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     reward = draft = ref_draft = None
     if args.method in ("bon", "spr"):
         if not args.reward_model:
             raise SystemExit(f"--method {args.method} needs --reward-model DIR")
+        has_tokenizer = any((Path(args.reward_model) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+        reward_tokenizer = AutoTokenizer.from_pretrained(args.reward_model) if has_tokenizer else tokenizer
         reward = RewardModel(AutoModelForSequenceClassification.from_pretrained(args.reward_model).eval(),
-                             AutoTokenizer.from_pretrained(args.reward_model), generator_tokenizer=tokenizer)
+                             reward_tokenizer, generator_tokenizer=tokenizer)
     if args.method in ("sd", "sss"):
         if not args.draft or (args.method == "sss" and not args.ref_draft):
             raise SystemExit("--method sd needs --draft DIR; --method sss needs --draft DIR (aligned) and --ref-draft DIR")
@@ -201,6 +203,7 @@ def main(argv=None) -> int:
 
     p = commands.add_parser("generate", help="one method on local Hugging Face model folders")
     p.add_argument("--model", required=True, help="target / generator model folder")
+    p.add_argument("--tokenizer", help="tokenizer folder, if not in --model (also the reward model's, if it has none)")
     p.add_argument("--method", required=True, choices=sorted(METHOD_NAMES))
     p.add_argument("--reward-model", help="sequence-classification reward model folder (bon, spr)")
     p.add_argument("--draft", help="draft model folder (sd; the aligned draft for sss)")
