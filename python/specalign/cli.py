@@ -3,7 +3,7 @@
     specalign demo [--quick] [--out DIR]
     specalign generate --model DIR --method {bon,spr,sd,sss} [--reward-model DIR]
                        [--draft DIR --ref-draft DIR] --prompt TEXT [--prompt TEXT ...]
-    specalign bench [--suite cpu|spr|sd] [-- PYTEST-ARGS]
+    specalign bench [--suite cpu|spr|sd] [ARGS passed to the suite]
 """
 from __future__ import annotations
 
@@ -166,19 +166,22 @@ def generate(args) -> int:
     return 0
 
 
-BENCH_SUITES = {"cpu": "bench_cpu_ops.py", "spr": "bench_speculative_rejection.py", "sd": "bench_speculative_sampling.py"}
+# suite -> the command that runs it from the checkout's root
+BENCH_SUITES = {
+    "cpu": ["-m", "pytest", "-q", "-s", "bench/bench_cpu_ops.py", "--benchmark-only"],
+    "spr": ["bench/bench_speculative_rejection.py"],
+    "sd": ["bench/bench_speculative_sampling.py"],
+}
 
 
 def bench(args) -> int:
-    bench_dir = Path(__file__).resolve().parents[2] / "bench"
-    if not bench_dir.is_dir():
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "bench").is_dir():
         raise SystemExit("specalign bench runs the suites of a source checkout (bench/ was not found next to the package)")
-    suites = [BENCH_SUITES[args.suite]] if args.suite else list(BENCH_SUITES.values())
     code = 0
-    for suite in suites:
+    for suite in [args.suite] if args.suite else BENCH_SUITES:
         print(f"\n=== {suite} ===", flush=True)
-        code |= subprocess.call([sys.executable, "-m", "pytest", "-q", "-s", str(bench_dir / suite), *args.pytest_args],
-                                cwd=bench_dir.parent)
+        code |= subprocess.call([sys.executable, *BENCH_SUITES[suite], *args.extra], cwd=root)
     return code
 
 
@@ -223,10 +226,12 @@ def main(argv=None) -> int:
 
     p = commands.add_parser("bench", help="run the benchmark suites and print their tables")
     p.add_argument("--suite", choices=sorted(BENCH_SUITES))
-    p.add_argument("pytest_args", nargs=argparse.REMAINDER)
     p.set_defaults(run=bench)
 
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra  # bench passes them on to the suite (e.g. --quick for sd)
     return args.run(args)
 
 
