@@ -31,7 +31,7 @@ from transformers import DynamicCache, StoppingCriteria
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from transformers.utils import ModelOutput
 
-from specalign import ops
+from specalign import _generation, ops
 from specalign.reward_model import RewardModel, as_rewards
 
 # Row seeds are (seed << 32) | (prompt * n + sample): both Philox key words carry information.
@@ -246,7 +246,7 @@ class SpeculativeRejection:
         max_new_tokens = generation_config.max_length - prompt_width
         if max_new_tokens < 1:
             raise ValueError(f"max_length ({generation_config.max_length}) leaves no room after the {prompt_width}-token prompt")
-        pad_token_id = _pad_token_id(generation_config)
+        pad_token_id = _generation.pad_token_id(generation_config)
         budget_tokens = self._budget_tokens(model) if self.n is None or self.decision_tokens is None else None
         n = self.n or self._default_n(budget_tokens, num_prompts, prompt_width, max_new_tokens)
         if num_prompts * n >= MAX_ROWS:
@@ -447,14 +447,6 @@ def _free_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def _pad_token_id(generation_config) -> int:
-    pad = generation_config._pad_token_tensor
-    if pad is not None:
-        return int(pad)
-    eos = generation_config._eos_token_tensor
-    return int(eos.flatten()[0]) if eos is not None else 0
 
 
 def _accepts(model, name: str) -> bool:

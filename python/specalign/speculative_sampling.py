@@ -54,7 +54,7 @@ from transformers.generation import logits_process
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from specalign import ops, reference
+from specalign import _generation, ops, reference
 
 # The draft's proposals use the row seed XOR this constant: a different Philox key from the verifier's.
 DRAFT_SEED_XOR = 0x5851F42D4C957F2D
@@ -208,7 +208,7 @@ def _generate(target, draft, ref_draft, draft_name, num_draft, seed, tokenizer, 
     other_criteria = StoppingCriteriaList(
         c for c in stopping_criteria if not isinstance(c, (EosTokenCriteria, MaxLengthCriteria))
     )
-    pad_id = _pad_token_id(generation_config, eos_ids)
+    pad_id = _generation.pad_token_id(generation_config)
 
     target_processors = logits_processor
     # SSS: the drafts only at temperature, untruncated, so that the tilt pi_r / pi_d stays finite (brief 2.2).
@@ -379,15 +379,6 @@ def _first_stop(criteria, sequences, rows, lengths, num_kept, steps):
         stop[pick_rows[pick], pick_steps[pick]] = criteria(sequences[:, :end], None)[rows[pick_rows[pick]]]
     stopped = stop.any(-1)
     return torch.where(stopped, stop.long().argmax(-1) + 1, num_kept), stopped
-
-
-def _pad_token_id(generation_config, eos_ids):
-    pad = getattr(generation_config, "_pad_token_tensor", None)
-    if pad is None:
-        pad = generation_config.pad_token_id
-    if pad is None and eos_ids.numel():
-        pad = eos_ids[0]
-    return 0 if pad is None else int(pad)
 
 
 def _check_cache_support(name, model):
