@@ -27,7 +27,12 @@ sys.exit(int(setuptools.__version__.split(".")[0]) < 64)
 PYEOF
 
 stamp_now=$( { cat setup.py csrc/* ; "$PY" -c "import torch; print(torch.__version__)"; } | sha256sum | cut -d' ' -f1)
-if [ "$(cat .setup-stamp 2>/dev/null)" != "$stamp_now" ] || ! "$PY" -c "import specalign._C" 2>/dev/null; then
+# Rebuild when the sources changed, or when the installed specalign is another checkout's.
+root=$(pwd)
+installed_here() {
+    (cd / && "$PY" -c "import sys, specalign._C; sys.exit(not specalign._C.__file__.startswith('$root/'))") 2>/dev/null
+}
+if [ "$(cat .setup-stamp 2>/dev/null)" != "$stamp_now" ] || ! installed_here; then
     echo "building specalign (C++ extension)..."
     MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
     echo "$stamp_now" > .setup-stamp
