@@ -66,7 +66,7 @@ def new_llama(shape, seed):
 def train(model, steps, loss_of_batch, generator, batch_size=32, lr=5e-3):
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
-    for step in range(steps):
+    for _ in range(steps):
         batch = synthetic_sequences(batch_size, generator)
         loss = loss_of_batch(model, batch)
         optimizer.zero_grad()

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from specalign import BestOfN, RewardModel, RewardShiftedSpeculativeSampling, SpeculativeRejection
-from specalign.cli import METHOD_NAMES, main
+from specalign.cli import METHOD_NAMES, generate_answers, main
 from specalign.world import load_world
 
 SEEDS = (1, 2, 3)
@@ -20,15 +20,10 @@ def world():
 
 def _gold_and_tokens(world, method):
     """Mean gold reward of the returned answers over the world's prompts, and tokens generated."""
-    inputs = world.tokenizer(world.prompts, return_tensors="pt", padding=True)
-    out = world.target.generate(**inputs, custom_generate=method, return_dict_in_generate=True,
-                                do_sample=True, max_new_tokens=MAX_NEW_TOKENS)
-    answers = world.tokenizer.batch_decode(out.sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    answers, tokens, _ = generate_answers(world.target, world.tokenizer, world.prompts, method,
+                                          dict(do_sample=True, max_new_tokens=MAX_NEW_TOKENS))
     texts = [f"{prompt} {answer.strip()}" for prompt, answer in zip(world.prompts, answers)]
-    tokens = getattr(out, "tokens_generated", None)
-    if tokens is None:
-        tokens = int((out.sequences[:, inputs["input_ids"].shape[1]:] != world.tokenizer.pad_token_id).sum())
-    return float(world.gold_reward(texts).mean()), int(tokens)
+    return float(world.gold_reward(texts).mean()), tokens
 
 
 @pytest.mark.slow

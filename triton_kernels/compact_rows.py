@@ -9,7 +9,6 @@ skipped. Bytes: one read and one write of each moved row; nothing else.
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 

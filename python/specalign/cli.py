@@ -23,7 +23,6 @@ METHOD_NAMES = {"bon": "Best-of-N", "spr": "Speculative Rejection", "sd": "Specu
 class RunResult:
     method: str
     setting: str
-    answers: list[str]
     gold_reward: float
     proxy_reward: float
     tokens_generated: int
@@ -45,7 +44,7 @@ def _make_method(name, args, *, reward=None, draft=None, ref_draft=None):
     raise ValueError(f"unknown method {name!r}; expected one of {sorted(METHOD_NAMES)}")
 
 
-def _generate(model, tokenizer, prompts, method, generate_kwargs):
+def generate_answers(model, tokenizer, prompts, method, generate_kwargs):
     """Run ``method`` (None: plain sampling) on ``prompts``; returns (answers, tokens generated, seconds).
 
     Tokens generated counts every token the generator sampled, over all candidates for Best-of-N and
@@ -85,11 +84,11 @@ def demo(args) -> int:
             method = _make_method(name, method_args, reward=reward, draft=world.aligned_draft if name == "sss" else world.draft,
                                   ref_draft=world.draft)
             label = METHOD_NAMES[name]
-        answers, tokens, seconds = _generate(world.target, world.tokenizer, prompts, method, generate_kwargs)
+        answers, tokens, seconds = generate_answers(world.target, world.tokenizer, prompts, method, generate_kwargs)
         texts = [f"{prompt} {answer.strip()}" for prompt, answer in zip(prompts, answers)]
         gold = float(world.gold_reward(texts).mean())
         proxy = float(reward.score_texts(texts).mean())
-        runs.append(RunResult(label, "" if n is None else f"N={n}", answers, gold, proxy, tokens, seconds))
+        runs.append(RunResult(label, "" if n is None else f"N={n}", gold, proxy, tokens, seconds))
         if not args.quiet:
             print(f"  {label:<24} {runs[-1].setting:<6} gold {gold:+.3f}  ({seconds:.1f} s)", file=sys.stderr)
 
@@ -157,7 +156,7 @@ def generate(args) -> int:
         ref_draft = AutoModelForCausalLM.from_pretrained(args.ref_draft).eval() if args.ref_draft else None
     args.progress = True
     method = _make_method(args.method, args, reward=reward, draft=draft, ref_draft=ref_draft)
-    answers, tokens, seconds = _generate(model, tokenizer, args.prompt, method,
+    answers, tokens, seconds = generate_answers(model, tokenizer, args.prompt, method,
                                          dict(do_sample=not args.greedy, max_new_tokens=args.max_new_tokens,
                                               temperature=args.temperature, top_k=args.top_k))
     for prompt, answer in zip(args.prompt, answers):
