@@ -28,7 +28,7 @@ setup(
         )
     ],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    install_requires=["torch", "triton", "transformers>=5.0", "tokenizers", "safetensors", "tqdm", "matplotlib"],
+    install_requires=["torch", "triton", "transformers>=5.17,<5.25", "tokenizers", "safetensors", "tqdm", "matplotlib"],
     extras_require={"test": ["pytest", "pytest-benchmark"]},
     entry_points={"console_scripts": ["specalign=specalign.cli:main"]},
 )

@@ -22,7 +22,7 @@ import time
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-from specalign import BestOfN, RewardModel, SpeculativeRejection
+from specalign import BestOfN, RewardModel, SpeculativeRejection, _compat
 from specalign import speculative_rejection as engine
 
 PAD, EOS, BOS = 0, 1, 2
@@ -73,13 +73,14 @@ def compare_methods(generator, reward, ids, mask, args, budget):
 def compaction_vs_reprefill(generator, reward, ids, mask, args, budget, repeats=3):
     runs = []
     compact = engine._Batch.compact
+    cache_arg = _compat.cache_argument(generator)
 
     def measured_compact(batch, keep, backend):
         width = batch.prompt_width + int(batch.answer_lengths.max())
         cached = width - 1  # the last sampled token is fed after the compaction either way
         start = time.perf_counter()
         generator(input_ids=batch.ids[keep, :cached], attention_mask=batch.mask[keep, :cached],
-                  past_key_values=DynamicCache(config=generator.config), use_cache=True, logits_to_keep=1)
+                  use_cache=True, **{cache_arg: DynamicCache(config=generator.config)}, logits_to_keep=1)
         reprefill = time.perf_counter() - start
         rows = batch.ids.shape[0]
         cache_bytes = sum(t.numel() * t.element_size() for layer in batch.cache.layers for t in (layer.keys, layer.values))
@@ -111,15 +112,16 @@ def prefill_choice(generator, args):
     n = args.n
     print(f"\n3. Prefill of 2 prompts x {args.prefill_prompt_tokens} tokens, n={n}")
     timings = {}
+    cache_arg = _compat.cache_argument(generator)
     with torch.no_grad():
         for name in ("once, then replicate", "n copies") * 2:  # second pass is the one kept
             cache = DynamicCache(config=generator.config)
             start = time.perf_counter()
             if name == "n copies":
                 generator(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
-                          past_key_values=cache, use_cache=True, logits_to_keep=1)
+                          use_cache=True, **{cache_arg: cache}, logits_to_keep=1)
             else:
-                generator(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                generator(input_ids=ids, attention_mask=mask, use_cache=True, **{cache_arg: cache}, logits_to_keep=1)
                 cache.batch_repeat_interleave(n)
             timings[name] = time.perf_counter() - start
     for name, seconds in timings.items():

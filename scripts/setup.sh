@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
+pip_install() { "$PY" -m pip install -q --disable-pip-version-check -c constraints.txt "$@"; }
 
 if ! "$PY" -c "import torch" 2>/dev/null; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
@@ -15,15 +15,18 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     fi
 fi
 
-# Everything else, pinned loosely so an installed torch (CPU 2.13 here, CUDA 2.11 on the GPU image) is kept.
-"$PY" - <<'PYEOF' || pip_install "triton>=3.6" "transformers>=5.17" tokenizers safetensors tqdm matplotlib \
+# Everything else at the known-good versions of constraints.txt, installed when something is missing
+# or transformers lies outside the supported window; an image's own supported set (CUDA torch 2.11,
+# transformers 5.17 on the GPU image, which has no network) is kept.
+"$PY" - <<'PYEOF' || pip_install triton transformers tokenizers safetensors tqdm matplotlib \
     pytest pytest-benchmark ninja pybind11 build wheel "setuptools>=64"
 import importlib, sys
 for name in ("triton", "transformers", "tokenizers", "safetensors", "tqdm", "matplotlib",
              "pytest", "pytest_benchmark", "ninja", "pybind11", "build", "wheel"):
     importlib.import_module(name)
-import setuptools
-sys.exit(int(setuptools.__version__.split(".")[0]) < 64)
+import setuptools, transformers
+minor = tuple(int(part) for part in transformers.__version__.split(".")[:2])
+sys.exit(int(setuptools.__version__.split(".")[0]) < 64 or not (5, 17) <= minor <= (5, 24))
 PYEOF
 
 stamp_now=$( { cat setup.py csrc/* ; "$PY" -c "import torch; print(torch.__version__)"; } | sha256sum | cut -d' ' -f1)

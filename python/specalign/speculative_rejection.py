@@ -31,7 +31,7 @@ from transformers import DynamicCache, StoppingCriteria
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from transformers.utils import ModelOutput
 
-from specalign import _generation, ops
+from specalign import _compat, _generation, ops
 from specalign.reward_model import RewardModel, as_rewards
 
 # Row seeds are (seed << 32) | (prompt * n + sample): both Philox key words carry information.
@@ -40,7 +40,7 @@ MAX_ROWS = 2**32
 # Without a schedule and without n, the first decision point is at this fraction of max_new_tokens
 # (with alpha = 0.5 that leaves about three decisions before the end).
 FIRST_DECISION_FRACTION = 1 / 8
-SUPPORTED_MODEL_KWARGS = {"attention_mask", "position_ids", "past_key_values", "use_cache", "logits_to_keep"}
+SUPPORTED_MODEL_KWARGS = {"attention_mask", "position_ids", "use_cache", "logits_to_keep"}
 
 
 @dataclass
@@ -237,7 +237,8 @@ class SpeculativeRejection:
         streamer=None,
         **model_kwargs,
     ) -> SpeculativeRejectionOutput | torch.LongTensor:
-        self._check_call(model, generation_config, synced_gpus, streamer, model_kwargs)
+        cache = _compat.pop_generate_cache(model_kwargs)
+        self._check_call(model, cache, generation_config, synced_gpus, streamer, model_kwargs)
         device = model.device
         input_ids = input_ids.to(device)
         num_prompts, prompt_width = input_ids.shape
@@ -252,7 +253,7 @@ class SpeculativeRejection:
         if num_prompts * n >= MAX_ROWS:
             raise ValueError(f"n * prompts must be below 2**32, got {n} * {num_prompts}")
 
-        batch, logits = self._prefill(model, input_ids, prompt_mask, model_kwargs["past_key_values"], n, max_new_tokens)
+        batch, logits = self._prefill(model, input_ids, prompt_mask, cache, n, max_new_tokens)
         pool = _Pool(num_prompts, n, max_new_tokens, device)
         stats = dict(rows_decoded=0, rounds=0, decision_lengths=[], batch_sizes=[], reward_calls=0,
                      reward_tokens_scored=0, peak_batch_size=num_prompts * n)
@@ -311,17 +312,16 @@ class SpeculativeRejection:
             **stats,
         )
 
-    def _check_call(self, model, generation_config, synced_gpus, streamer, model_kwargs):
+    def _check_call(self, model, cache, generation_config, synced_gpus, streamer, model_kwargs):
         if not generation_config.use_cache or not model_kwargs.get("use_cache", True):
             raise ValueError("use_cache=False: Speculative Rejection continues every round from the KV cache")
-        cache = model_kwargs.get("past_key_values")
         if not isinstance(cache, DynamicCache) or cache.offloading:
             raise ValueError(
-                f"the generator must decode with a DynamicCache (got past_key_values={type(cache).__name__}): "
+                f"the generator must decode with a DynamicCache (got a {type(cache).__name__} cache): "
                 "use a model that supports it, without cache_implementation"
             )
         if cache.get_seq_length() > 0:
-            raise ValueError("past_key_values already holds tokens; pass the prompts as input_ids and no cache")
+            raise ValueError("the cache already holds tokens; pass the prompts as input_ids and no cache")
         unsupported = set(model_kwargs) - SUPPORTED_MODEL_KWARGS
         if unsupported:
             raise ValueError(f"unsupported model inputs for {type(self).__name__}: {sorted(unsupported)}")
@@ -377,7 +377,7 @@ class SpeculativeRejection:
     def _prefill(self, model, input_ids, prompt_mask, cache, n, max_new_tokens):
         """Prefill the prompts once, then replicate their cache ``n`` times."""
         num_prompts, prompt_width = input_ids.shape
-        inputs = dict(input_ids=input_ids, attention_mask=prompt_mask, past_key_values=cache, use_cache=True)
+        inputs = {"input_ids": input_ids, "attention_mask": prompt_mask, _compat.cache_argument(model): cache, "use_cache": True}
         if _accepts(model, "position_ids"):
             inputs["position_ids"] = (prompt_mask.long().cumsum(-1) - 1).clamp_min(0)
         if model._supports_logits_to_keep():
@@ -410,12 +410,12 @@ class SpeculativeRejection:
     def _decode(self, model, batch, generated):
         """Feed each row's last token; return the next logits ``[B, V]``."""
         width = batch.prompt_width + generated
-        inputs = dict(
-            input_ids=batch.ids[:, width - 1 : width],
-            attention_mask=batch.mask[:, :width],
-            past_key_values=batch.cache,
-            use_cache=True,
-        )
+        inputs = {
+            "input_ids": batch.ids[:, width - 1 : width],
+            "attention_mask": batch.mask[:, :width],
+            _compat.cache_argument(model): batch.cache,
+            "use_cache": True,
+        }
         if _accepts(model, "position_ids"):
             inputs["position_ids"] = (batch.prompt_lengths + generated - 1)[:, None]
         return model(**inputs).logits[:, -1].float()

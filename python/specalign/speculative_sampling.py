@@ -54,7 +54,7 @@ from transformers.generation import logits_process
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from specalign import _generation, ops, reference
+from specalign import _compat, _generation, ops, reference
 
 # The draft's proposals use the row seed XOR this constant: a different Philox key from the verifier's.
 DRAFT_SEED_XOR = 0x5851F42D4C957F2D
@@ -163,9 +163,9 @@ class SpeculativeSampling:
         for flag in ("output_scores", "output_logits", "output_attentions", "output_hidden_states"):
             if getattr(generation_config, flag, False):
                 raise ValueError(f"{flag}=True is not supported by speculative sampling")
-        cache = model_kwargs.get("past_key_values")
+        cache = _compat.pop_generate_cache(model_kwargs)
         if cache is not None and cache.get_seq_length() > 0:
-            raise ValueError("past_key_values: speculative sampling starts from the prompt; pass no filled cache")
+            raise ValueError("the cache already holds tokens: speculative sampling starts from the prompt; pass no filled cache")
         return _generate(
             target=model,
             draft=self.draft,
@@ -339,8 +339,8 @@ def _forward(model, cache, tokens, mask, logits_to_keep, vocab=None):
     """Feed ``tokens [b, n]``; ``mask`` covers the cached columns and the ``n`` new ones."""
     positions = (mask.cumsum(1) - 1).clamp_min(0)[:, -tokens.shape[1]:]
     keep = {"logits_to_keep": logits_to_keep} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    out = model(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
-                **keep)
+    out = model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
+                **{_compat.cache_argument(model): cache}, **keep)
     return out.logits[:, -logits_to_keep:, :vocab].float()
 
 
