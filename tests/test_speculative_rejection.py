@@ -2,6 +2,7 @@
 import pytest
 import torch
 from transformers import (
+    DynamicCache,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -13,8 +14,8 @@ from transformers import (
     RwkvForCausalLM,
 )
 
-from specalign import BestOfN, RewardModel, SpeculativeRejection
-from specalign.speculative_rejection import kv_bytes_per_token
+from specalign import BestOfN, RewardModel, SpeculativeRejection, _compat
+from specalign._cache import cache_bytes
 
 VOCAB, PAD, EOS, BOS = 64, 0, 1, 2
 SPECIAL = dict(pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS)
@@ -64,11 +65,11 @@ def generate(model, method, max_new_tokens=12, **kwargs):
 
 
 def spr(reward=mean_token_reward, **kwargs):
-    return SpeculativeRejection(reward, **{"n": N, "alpha": 0.5, **kwargs})
+    return SpeculativeRejection(reward, **{"n": N, "alpha": 0.5, "seed": 0, **kwargs})
 
 
 def best_of_n(reward=mean_token_reward, **kwargs):
-    return BestOfN(reward, **{"n": N, **kwargs})
+    return BestOfN(reward, **{"n": N, "seed": 0, **kwargs})
 
 
 def test_alpha_zero_returns_best_of_n(models):
@@ -88,8 +89,9 @@ def test_alpha_zero_returns_best_of_n(models):
 @pytest.mark.parametrize("architecture", ["llama", "gpt2", "qwen2"])
 def test_survivors_keep_their_tokens(models, architecture):
     model = models[architecture]
-    pruned = generate(model, spr(decision_tokens=[2, 4, 8], seed=3))
-    unpruned = generate(model, best_of_n(seed=3))
+    # No EOS, so every round halves the batch (finished answers joining the pool are tested above).
+    pruned = generate(model, spr(decision_tokens=[2, 4, 8], seed=3), suppress_tokens=[EOS])
+    unpruned = generate(model, best_of_n(seed=3), suppress_tokens=[EOS])
     assert pruned.batch_sizes == [2 * N, N, N // 2, N // 4]
     lengths = pruned.candidate_lengths
     assert int((lengths == 12).sum()) == N // 4  # the last survivors ran to the end
@@ -174,8 +176,11 @@ def test_schedule_follows_the_budget(models):
 
     config = model.config
     head_dim = config.hidden_size // config.num_attention_heads
-    assert kv_bytes_per_token(model) == 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4
-    by_bytes = generate(model, spr(memory_budget=budget * kv_bytes_per_token(model), alpha=0.5), max_new_tokens=24,
+    kv_bytes = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4
+    cache = DynamicCache(config=config)
+    model(input_ids=PROMPTS, attention_mask=MASK, use_cache=True, **{_compat.cache_argument(model): cache})
+    assert cache_bytes(cache) == (kv_bytes, 0)
+    by_bytes = generate(model, spr(memory_budget=budget * kv_bytes, alpha=0.5), max_new_tokens=24,
                         suppress_tokens=[EOS])
     assert by_bytes.decision_lengths == out.decision_lengths
 
@@ -227,7 +232,6 @@ def test_progress_bar_is_opt_in(models, capsys):
         (dict(alpha=1.0), "alpha"),
         (dict(alpha=-0.1), "alpha"),
         (dict(n=0), "n must be"),
-        (dict(seed=-1), "seed"),
         (dict(decision_tokens=[4, 4]), "decision_tokens"),
         (dict(memory_budget=10**6, max_batch_tokens=100), "memory_budget"),
     ],
@@ -235,6 +239,12 @@ def test_progress_bar_is_opt_in(models, capsys):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         spr(**kwargs)
+
+
+@pytest.mark.parametrize("seed", [1.5, True, "3"])
+def test_seed_must_be_an_int(seed):
+    with pytest.raises(TypeError, match="seed"):
+        spr(seed=seed)
 
 
 def test_bad_generate_calls(models):
@@ -252,5 +262,5 @@ def test_bad_generate_calls(models):
         generate(model, spr(elsewhere))
     rwkv = RwkvForCausalLM(RwkvConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16,
                                       intermediate_size=32, context_length=64, **SPECIAL))
-    with pytest.raises(ValueError, match="DynamicCache"):
+    with pytest.raises(ValueError, match="takes no cache"):
         generate(rwkv, spr())

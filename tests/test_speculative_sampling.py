@@ -6,7 +6,7 @@ from conftest import assert_follows
 from transformers import LlamaConfig, LlamaForCausalLM, XLNetConfig, XLNetLMHeadModel
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
-from specalign import SpeculativeSampling
+from specalign import SpeculativeSampling, speculative_sampling
 from specalign.speculative_sampling import row_seeds
 
 BACKEND = None
@@ -212,7 +212,7 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(target, draft):
     with pytest.raises(ValueError, match="backend"):
         SpeculativeSampling(draft, 2, backend="cuda")
     xlnet = XLNetLMHeadModel(XLNetConfig(vocab_size=VOCAB, d_model=16, n_layer=1, n_head=2, d_inner=32))
-    with pytest.raises(ValueError, match="draft .*DynamicCache"):
+    with pytest.raises(ValueError, match="draft .*cache"):
         SpeculativeSampling(xlnet, 2)
     with torch.device("meta"):
         meta_draft = tiny_llama(1)
@@ -225,3 +225,37 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(target, draft):
     with pytest.raises(ValueError, match="seed"):
         target.generate(input_ids=PROMPT.expand(2, -1), max_new_tokens=2, pad_token_id=PAD,
                         custom_generate=SpeculativeSampling(draft, 2, seed=[1, 2, 3], backend=BACKEND))
+
+
+def tiny_model(model_type, seed, scale=3.0):
+    """A random tiny model of ``model_type`` (a decoder with full attention), float64, scaled up."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    sizes = dict(vocab_size=VOCAB, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+    if model_type == "gpt2":
+        sizes.update(n_embd=16, n_layer=2, n_head=2, n_positions=64)
+    else:
+        sizes.update(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                     intermediate_size=32, head_dim=8)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **sizes)).to(torch.float64).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(scale)
+    return model
+
+
+@pytest.mark.parametrize("model_type", sorted(speculative_sampling.HOLE_SAFE_MODEL_TYPES))
+def test_masked_holes_change_no_output_where_they_are_allowed(model_type, monkeypatch):
+    """The hole-safe models give the same tokens whether rejected drafts stay in the cache as masked
+    holes (never compacted here) or leave it at every step, and greedy equals HF's greedy."""
+    target, draft = tiny_model(model_type, 0), tiny_model(model_type, 1)
+    ids, mask = prompts_with_left_padding()
+    kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=16, pad_token_id=PAD)
+    monkeypatch.setattr(speculative_sampling, "COMPACT_AT_HOLE_FRACTION", 1.0)
+    with_holes = target.generate(**kwargs, do_sample=True, custom_generate=SpeculativeSampling(draft, 3, seed=4))
+    greedy = target.generate(**kwargs, do_sample=False, custom_generate=SpeculativeSampling(draft, 3))
+    monkeypatch.setattr(speculative_sampling, "HOLE_SAFE_MODEL_TYPES", frozenset())
+    without = target.generate(**kwargs, do_sample=True, custom_generate=SpeculativeSampling(draft, 3, seed=4))
+    assert torch.equal(with_holes, without)
+    assert torch.equal(greedy, target.generate(**kwargs, do_sample=False))

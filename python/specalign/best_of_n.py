@@ -28,7 +28,7 @@ class BestOfN(SpeculativeRejection):
         *,
         memory_budget: int | None = None,
         max_batch_tokens: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         progress: bool = False,
         backend: str | None = None,
     ):

@@ -1,4 +1,4 @@
-"""Reward-Shifted Speculative Sampling (SSS, brief 2.2) as a drop-in ``generate`` decoding loop.
+"""Reward-Shifted Speculative Sampling (SSS; Li et al., EMNLP 2025) as a drop-in ``generate`` decoding loop.
 
 ::
 
@@ -20,7 +20,8 @@ scoring each step's ``K+1`` positions in one forward and every cache compacted a
 """
 from __future__ import annotations
 
-from specalign.speculative_sampling import SpeculativeSampling, _check_cache_support
+from specalign import _hf
+from specalign.speculative_sampling import SpeculativeSampling
 
 
 class RewardShiftedSpeculativeSampling(SpeculativeSampling):
@@ -29,13 +30,14 @@ class RewardShiftedSpeculativeSampling(SpeculativeSampling):
     Args:
         aligned_draft: ``pi_r``, the small model after alignment (e.g. DPO); it proposes tokens.
         ref_draft: ``pi_d``, the same small model before alignment (e.g. SFT).
-        num_draft_tokens, seed, tokenizer, backend: as in :class:`SpeculativeSampling`.
+        num_draft_tokens, seed, tokenizer, progress, backend: as in :class:`SpeculativeSampling`.
     """
 
     _draft_name = "aligned_draft"
 
     def __init__(self, aligned_draft, ref_draft, num_draft_tokens: int = 4, *, seed=None, tokenizer=None,
-                 backend: str | None = None):
-        super().__init__(aligned_draft, num_draft_tokens, seed=seed, tokenizer=tokenizer, backend=backend)
-        _check_cache_support("ref_draft", ref_draft)
+                 progress: bool = False, backend: str | None = None):
+        super().__init__(aligned_draft, num_draft_tokens, seed=seed, tokenizer=tokenizer, progress=progress,
+                         backend=backend)
+        _hf.check_model("ref_draft", ref_draft)
         self.ref_draft = ref_draft

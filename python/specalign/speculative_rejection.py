@@ -20,27 +20,22 @@ An explicit ``decision_tokens`` schedule (lengths in new tokens) overrides it.
 """
 from __future__ import annotations
 
-import inspect
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DynamicCache, StoppingCriteria
-from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+from transformers import StoppingCriteria
 from transformers.utils import ModelOutput
 
-from specalign import _compat, _generation, ops
+from specalign import _cache, _compat, _hf, ops
 from specalign.reward_model import RewardModel, as_rewards
 
-# Row seeds are (seed << 32) | (prompt * n + sample): both Philox key words carry information.
-MAX_SEED = 2**31
-MAX_ROWS = 2**32
 # Without a schedule and without n, the first decision point is at this fraction of max_new_tokens
 # (with alpha = 0.5 that leaves about three decisions before the end).
 FIRST_DECISION_FRACTION = 1 / 8
-SUPPORTED_MODEL_KWARGS = {"attention_mask", "position_ids", "use_cache", "logits_to_keep"}
 
 
 @dataclass
@@ -58,6 +53,8 @@ class SpeculativeRejectionOutput(ModelOutput):
     reward_calls, reward_tokens_scored: calls to the reward model, and prompt plus answer tokens
         (generator tokens) they scored.
     peak_batch_size: rows in the first round (``P * n``).
+    compaction_seconds: with ``profile=True``, the time of each decision's batch compaction (the
+        device synchronised before and after), else ``None``.
     candidate_tokens: ``[P, n, max_new_tokens]`` every sample's tokens, as far as it was generated
         (pruned samples stop at their pruning), padded with -1.
     candidate_lengths: ``[P, n]`` tokens of each sample.
@@ -75,6 +72,7 @@ class SpeculativeRejectionOutput(ModelOutput):
     reward_calls: int | None = None
     reward_tokens_scored: int | None = None
     peak_batch_size: int | None = None
+    compaction_seconds: list[float] | None = None
     candidate_tokens: torch.LongTensor | None = None
     candidate_lengths: torch.LongTensor | None = None
     candidate_rewards: torch.FloatTensor | None = None
@@ -95,7 +93,7 @@ class DecisionPoint(StoppingCriteria):
 class _Batch:
     """The rows being decoded; dimension 0 of every tensor is the row."""
 
-    cache: DynamicCache
+    cache: object  # the model's DynamicCache
     prompt_width: int
     ids: torch.Tensor  # [B, prompt width + max new tokens]: left-padded prompt, then the answer
     mask: torch.Tensor  # [B, same]: attention mask of ids
@@ -104,17 +102,16 @@ class _Batch:
     seeds: torch.Tensor  # [B]
     answer_lengths: torch.Tensor  # [B] tokens generated, frozen once the row finished
     finished: torch.Tensor  # [B] bool
+    generated: int = 0  # decoding steps so far: every row's answer width
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
 
     def compact(self, keep: torch.Tensor, backend: str | None) -> None:
         """Keep rows ``keep`` of the cache and of every state tensor, in place, in one op call."""
-        layers = self.cache.layers
-        kv = [t for layer in layers for t in (layer.keys, layer.values)]
         state = [self.ids, self.mask, self.prompt_lengths, self.candidates, self.seeds, self.answer_lengths, self.finished]
-        compacted = ops.compact_rows(kv + state, keep, backend=backend)
-        for i, layer in enumerate(layers):
-            layer.keys, layer.values = compacted[2 * i], compacted[2 * i + 1]
         (self.ids, self.mask, self.prompt_lengths, self.candidates, self.seeds, self.answer_lengths,
-         self.finished) = compacted[len(kv):]
+         self.finished) = _cache.keep_rows([self.cache], keep, state, backend)
 
 
 class _Pool:
@@ -178,9 +175,11 @@ class SpeculativeRejection:
             for none (Best-of-N); ``None`` to derive them from the memory budget.
         memory_budget: bytes of KV cache the batch may use (default: the device's free memory).
         max_batch_tokens: the budget in cached tokens (rows times sequence width) instead of bytes.
-        seed: ``0 <= seed < 2**31``; sample ``s`` of prompt ``p`` draws its tokens from the stream
-            ``(seed << 32) | (p * n + s)``, so its tokens never depend on the rest of the batch.
+        seed: ``None`` (drawn from torch's global generator) or an int; sample ``s`` of prompt ``p``
+            draws from its own stream, that of row ``p * n + s`` under
+            :func:`specalign._hf.row_seeds`, so its tokens never depend on the rest of the batch.
         progress: show a progress bar.
+        profile: time each decision's compaction (``compaction_seconds`` in the output).
         backend: the ops backend (``None``, ``"reference"``, ``"cpp"``, ``"triton"``).
     """
 
@@ -193,8 +192,9 @@ class SpeculativeRejection:
         decision_tokens: Sequence[int] | None = None,
         memory_budget: int | None = None,
         max_batch_tokens: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         progress: bool = False,
+        profile: bool = False,
         backend: str | None = None,
     ):
         if not callable(reward_model):
@@ -214,8 +214,8 @@ class SpeculativeRejection:
         for name, value in (("memory_budget", memory_budget), ("max_batch_tokens", max_batch_tokens)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if not 0 <= seed < MAX_SEED:
-            raise ValueError(f"seed must lie in [0, 2**31), got {seed}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed must be None or an int (rows get their own streams from it), got {type(seed).__name__}")
         self.reward_model = reward_model
         self.n = n
         self.alpha = alpha
@@ -224,6 +224,7 @@ class SpeculativeRejection:
         self.max_batch_tokens = max_batch_tokens
         self.seed = seed
         self.progress = progress
+        self.profile = profile
         self.backend = backend
 
     def __call__(
@@ -237,103 +238,100 @@ class SpeculativeRejection:
         streamer=None,
         **model_kwargs,
     ) -> SpeculativeRejectionOutput | torch.LongTensor:
-        cache = _compat.pop_generate_cache(model_kwargs)
-        self._check_call(model, cache, generation_config, synced_gpus, streamer, model_kwargs)
-        device = model.device
-        input_ids = input_ids.to(device)
+        name = type(self).__name__
+        _hf.check_model("model", model)
+        cache = _hf.new_cache(model, _compat.pop_generate_cache(model_kwargs))
+        prompt_mask = _hf.check_call(name, generation_config, synced_gpus, streamer, model_kwargs, cache)
+        self._check_generation(model, generation_config)
+        input_ids = input_ids.to(model.device)
+        prompt_mask = torch.ones_like(input_ids) if prompt_mask is None else prompt_mask.to(model.device)
         num_prompts, prompt_width = input_ids.shape
-        prompt_mask = model_kwargs.get("attention_mask")
-        prompt_mask = torch.ones_like(input_ids) if prompt_mask is None else prompt_mask.to(device)
         max_new_tokens = generation_config.max_length - prompt_width
         if max_new_tokens < 1:
             raise ValueError(f"max_length ({generation_config.max_length}) leaves no room after the {prompt_width}-token prompt")
-        pad_token_id = _generation.pad_token_id(generation_config)
-        budget_tokens = self._budget_tokens(model) if self.n is None or self.decision_tokens is None else None
-        n = self.n or self._default_n(budget_tokens, num_prompts, prompt_width, max_new_tokens)
-        if num_prompts * n >= MAX_ROWS:
-            raise ValueError(f"n * prompts must be below 2**32, got {n} * {num_prompts}")
 
-        batch, logits = self._prefill(model, input_ids, prompt_mask, cache, n, max_new_tokens)
-        pool = _Pool(num_prompts, n, max_new_tokens, device)
+        logits = self._prefill(model, cache, input_ids, prompt_mask)
+        budget = self._budget(model, cache, num_prompts) if self.n is None or self.decision_tokens is None else None
+        n = self.n or self._default_n(budget, num_prompts, prompt_width, max_new_tokens)
+        batch = self._replicate(cache, input_ids, prompt_mask, n, max_new_tokens)
+        logits = logits.repeat_interleave(n, 0)
+        pool = _Pool(num_prompts, n, max_new_tokens, model.device)
         stats = dict(rows_decoded=0, rounds=0, decision_lengths=[], batch_sizes=[], reward_calls=0,
-                     reward_tokens_scored=0, peak_batch_size=num_prompts * n)
-        generated = 0
-        bar = tqdm(total=max_new_tokens, desc=type(self).__name__, disable=not self.progress, unit="tok")
+                     reward_tokens_scored=0, peak_batch_size=num_prompts * n,
+                     compaction_seconds=[] if self.profile else None)
+        bar = tqdm(total=max_new_tokens, desc=name, disable=not self.progress, unit="tok")
         while True:
-            rows = batch.ids.shape[0]
             stats["rounds"] += 1
-            stats["batch_sizes"].append(rows)
-            bar.set_postfix(batch=rows)
-            decision = self._next_decision(budget_tokens, rows, prompt_width, generated)
+            stats["batch_sizes"].append(len(batch))
+            bar.set_postfix(batch=len(batch))
+            decision = self._next_decision(budget, len(batch), prompt_width, batch.generated)
             round_over = DecisionPoint(prompt_width + min(decision or max_new_tokens, max_new_tokens))
-            while True:
-                width = prompt_width + generated
-                scores = logits_processor(batch.ids[:, :width], logits)
-                positions = torch.full((rows,), generated, dtype=torch.long, device=device)
-                tokens = ops.sample(scores, seeds=batch.seeds, positions=positions, backend=self.backend)
-                batch.ids[:, width] = tokens.masked_fill(batch.finished, pad_token_id)
-                batch.mask[:, width] = 1
-                batch.answer_lengths += ~batch.finished
-                generated += 1
-                bar.update(1)
-                sequence = batch.ids[:, : width + 1]
-                batch.finished |= stopping_criteria(sequence, scores)
-                if bool((batch.finished | round_over(sequence, scores)).all()):
-                    break
-                logits = self._decode(model, batch, generated)
-                stats["rows_decoded"] += rows
-
-            pool.record(batch, self._score(batch, stats), generated)
+            self._decode_round(model, batch, logits, logits_processor, stopping_criteria, round_over,
+                               _hf.pad_token_id(generation_config), stats, bar)
+            pool.record(batch, self._score(batch, stats), batch.generated)
             if bool(batch.finished.all()):
                 break
-            stats["decision_lengths"].append(generated)
+            stats["decision_lengths"].append(batch.generated)
             keep = pool.survivors(batch, self.alpha)
             if keep.numel() == 0:
                 break
-            batch.compact(keep.to(device), self.backend)
-            logits = self._decode(model, batch, generated)
-            stats["rows_decoded"] += batch.ids.shape[0]
+            self._compact(batch, keep.to(model.device), stats)
+            logits = self._decode(model, batch)
+            stats["rows_decoded"] += len(batch)
         bar.close()
+        return self._output(pool, input_ids, generation_config, stats)
 
+    def _decode_round(self, model, batch, logits, logits_processor, stopping_criteria, round_over, pad_token_id,
+                      stats, bar) -> None:
+        """Sample until every row finished or the round's decision point; ``logits`` are the first step's."""
+        while True:
+            width = batch.prompt_width + batch.generated
+            scores = logits_processor(batch.ids[:, :width], logits)
+            positions = torch.full((len(batch),), batch.generated, dtype=torch.long, device=batch.ids.device)
+            tokens = ops.sample(scores, seeds=batch.seeds, positions=positions, backend=self.backend)
+            batch.ids[:, width] = tokens.masked_fill(batch.finished, pad_token_id)
+            batch.mask[:, width] = 1
+            batch.answer_lengths += ~batch.finished
+            batch.generated += 1
+            bar.update(1)
+            sequence = batch.ids[:, : width + 1]
+            batch.finished |= stopping_criteria(sequence, scores)
+            if bool((batch.finished | round_over(sequence, scores)).all()):
+                return
+            logits = self._decode(model, batch)
+            stats["rows_decoded"] += len(batch)
+
+    def _compact(self, batch, keep, stats) -> None:
+        if self.profile:
+            _synchronize(batch.ids.device)
+            start = time.perf_counter()
+        batch.compact(keep, self.backend)
+        if self.profile:
+            _synchronize(batch.ids.device)
+            stats["compaction_seconds"].append(time.perf_counter() - start)
+
+    def _output(self, pool, input_ids, generation_config, stats):
         best = pool.best()
         answers = pool.tokens[best, : int(pool.lengths[best].max())]
+        pad_token_id = _hf.pad_token_id(generation_config)
         sequences = torch.cat([input_ids, answers.masked_fill(answers < 0, pad_token_id)], dim=1)
         if not generation_config.return_dict_in_generate:
             return sequences
-        shape = (num_prompts, n)
+        shape = (pool.num_prompts, pool.n)
         return SpeculativeRejectionOutput(
             sequences=sequences,
             rewards=pool.rewards[best],
             tokens_generated=int(pool.lengths.sum()),
-            candidate_tokens=pool.tokens.view(*shape, max_new_tokens),
+            candidate_tokens=pool.tokens.view(*shape, -1),
             candidate_lengths=pool.lengths.view(shape),
             candidate_rewards=pool.rewards.view(shape),
             candidate_finished=pool.finished.view(shape),
             **stats,
         )
 
-    def _check_call(self, model, cache, generation_config, synced_gpus, streamer, model_kwargs):
-        if not generation_config.use_cache or not model_kwargs.get("use_cache", True):
-            raise ValueError("use_cache=False: Speculative Rejection continues every round from the KV cache")
-        if not isinstance(cache, DynamicCache) or cache.offloading:
-            raise ValueError(
-                f"the generator must decode with a DynamicCache (got a {type(cache).__name__} cache): "
-                "use a model that supports it, without cache_implementation"
-            )
-        if cache.get_seq_length() > 0:
-            raise ValueError("the cache already holds tokens; pass the prompts as input_ids and no cache")
-        unsupported = set(model_kwargs) - SUPPORTED_MODEL_KWARGS
-        if unsupported:
-            raise ValueError(f"unsupported model inputs for {type(self).__name__}: {sorted(unsupported)}")
+    def _check_generation(self, model, generation_config):
         if not generation_config.do_sample:
             raise ValueError("do_sample=False: pass do_sample=True, the samples must differ")
-        if generation_config.num_return_sequences != 1 or generation_config.num_beams != 1:
-            raise ValueError("num_return_sequences and num_beams must be 1; n sets the samples per prompt")
-        if synced_gpus or streamer is not None:
-            raise ValueError("synced_gpus and streamer are not supported")
-        for flag in ("output_scores", "output_logits", "output_attentions", "output_hidden_states"):
-            if getattr(generation_config, flag):
-                raise ValueError(f"{flag}=True is not supported")
         device = getattr(self.reward_model, "device", None)
         if device is not None and torch.device(device) != model.device:
             raise ValueError(f"reward_model is on {device} but the generator is on {model.device}; put both on one device")
@@ -345,80 +343,69 @@ class SpeculativeRejection:
                 "differ, give RewardModel(..., generator_tokenizer=...)"
             )
 
-    def _budget_tokens(self, model) -> int:
-        """How many tokens (rows times sequence width) of KV cache the batch may hold."""
+    def _budget(self, model, cache, rows) -> _Budget:
+        """The memory budget, and what a row and each of its cached tokens cost against it."""
         if self.max_batch_tokens is not None:
-            return self.max_batch_tokens
-        budget = self.memory_budget or _free_memory(model.device)
-        return budget // kv_bytes_per_token(model)
+            return _Budget(self.max_batch_tokens, per_token=1, per_row=0)
+        per_token, per_row = _cache.cache_bytes(cache)
+        return _Budget(self.memory_budget or _free_memory(model.device), per_token, per_row)
 
-    def _default_n(self, budget_tokens, num_prompts, prompt_width, max_new_tokens) -> int:
+    def _default_n(self, budget, num_prompts, prompt_width, max_new_tokens) -> int:
         if self.decision_tokens:
             first = self.decision_tokens[0]
         elif self.decision_tokens == ():
             first = max_new_tokens
         else:
             first = max(1, round(max_new_tokens * FIRST_DECISION_FRACTION))
-        n = budget_tokens // (num_prompts * (prompt_width + first))
+        n = budget.rows_that_fit(prompt_width + first) // num_prompts
         if n < 1:
             raise ValueError(
-                f"the memory budget ({budget_tokens} tokens) cannot hold {num_prompts} prompts of width {prompt_width} "
-                f"plus {first} new tokens; raise memory_budget/max_batch_tokens"
+                f"the memory budget ({budget.total} {budget.unit}) cannot hold {num_prompts} prompts of width "
+                f"{prompt_width} plus {first} new tokens; raise memory_budget/max_batch_tokens"
             )
         return n
 
-    def _next_decision(self, budget_tokens, rows, prompt_width, generated) -> int | None:
+    def _next_decision(self, budget, rows, prompt_width, generated) -> int | None:
         """New-token length of the next decision point after ``generated``, or None."""
         if self.decision_tokens is not None:
             return next((d for d in self.decision_tokens if d > generated), None)
-        length = budget_tokens // rows - prompt_width
+        length = budget.width_that_fits(rows) - prompt_width
         return length if length > generated else None
 
-    def _prefill(self, model, input_ids, prompt_mask, cache, n, max_new_tokens):
-        """Prefill the prompts once, then replicate their cache ``n`` times."""
-        num_prompts, prompt_width = input_ids.shape
-        inputs = {"input_ids": input_ids, "attention_mask": prompt_mask, _compat.cache_argument(model): cache, "use_cache": True}
-        if _accepts(model, "position_ids"):
-            inputs["position_ids"] = (prompt_mask.long().cumsum(-1) - 1).clamp_min(0)
-        if model._supports_logits_to_keep():
-            inputs["logits_to_keep"] = 1
-        logits = model(**inputs).logits[:, -1].float()
-        for layer in cache.layers:
-            if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer):
-                raise ValueError(f"the generator's cache has {type(layer).__name__} layers; only key/value layers are supported")
-        cache.batch_repeat_interleave(n)
+    def _prefill(self, model, cache, input_ids, prompt_mask) -> torch.Tensor:
+        """Prefill the prompts once; returns the next-token logits ``[P, V]``."""
+        positions = _hf.positions_from_mask(prompt_mask, input_ids.shape[1])
+        logits = _hf.forward(model, cache, input_ids, prompt_mask, positions, 1)[:, -1]
+        _cache.check_layers(cache, type(model).__name__)
+        return logits
 
+    def _replicate(self, cache, input_ids, prompt_mask, n, max_new_tokens) -> _Batch:
+        """Replicate each prompt's cache ``n`` times and lay out the batch of ``P * n`` rows."""
+        _cache.repeat_rows(cache, n)
+        num_prompts, prompt_width = input_ids.shape
         device = input_ids.device
         ids = torch.zeros(num_prompts * n, prompt_width + max_new_tokens, dtype=torch.long, device=device)
         ids[:, :prompt_width] = input_ids.repeat_interleave(n, 0)
         mask = torch.zeros_like(ids)
         mask[:, :prompt_width] = prompt_mask.repeat_interleave(n, 0)
         candidates = torch.arange(num_prompts * n, device=device)
-        batch = _Batch(
+        return _Batch(
             cache=cache,
             prompt_width=prompt_width,
             ids=ids,
             mask=mask,
             prompt_lengths=prompt_mask.sum(-1).repeat_interleave(n),
             candidates=candidates,
-            seeds=(self.seed << 32) | candidates,
+            seeds=_hf.row_seeds(self.seed, num_prompts * n, device),
             answer_lengths=torch.zeros_like(candidates),
             finished=torch.zeros_like(candidates, dtype=torch.bool),
         )
-        return batch, logits.repeat_interleave(n, 0)
 
-    def _decode(self, model, batch, generated):
+    def _decode(self, model, batch) -> torch.Tensor:
         """Feed each row's last token; return the next logits ``[B, V]``."""
-        width = batch.prompt_width + generated
-        inputs = {
-            "input_ids": batch.ids[:, width - 1 : width],
-            "attention_mask": batch.mask[:, :width],
-            _compat.cache_argument(model): batch.cache,
-            "use_cache": True,
-        }
-        if _accepts(model, "position_ids"):
-            inputs["position_ids"] = (batch.prompt_lengths + generated - 1)[:, None]
-        return model(**inputs).logits[:, -1].float()
+        width = batch.prompt_width + batch.generated
+        positions = (batch.prompt_lengths + batch.generated - 1)[:, None]
+        return _hf.forward(model, batch.cache, batch.ids[:, width - 1 : width], batch.mask[:, :width], positions, 1)[:, -1]
 
     def _score(self, batch, stats) -> torch.Tensor:
         """Reward of every row's prompt and answer so far, unpadded: float32 ``[B]`` on the CPU."""
@@ -434,13 +421,26 @@ class SpeculativeRejection:
         return as_rewards(self.reward_model(prompts, answers), len(answers), "reward_model")
 
 
-def kv_bytes_per_token(model) -> int:
-    """Bytes of KV cache per token: 2 * layers * kv_heads * head_dim * dtype bytes, from the config."""
-    config = model.config.get_text_config(decoder=True)
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return 2 * config.num_hidden_layers * kv_heads * head_dim * model.dtype.itemsize
+@dataclass(frozen=True)
+class _Budget:
+    """A memory budget: ``total`` units, of which a batch of ``rows`` rows of ``width`` cached
+    tokens takes ``rows * (width * per_token + per_row)``."""
+
+    total: int
+    per_token: int
+    per_row: int
+
+    @property
+    def unit(self) -> str:
+        return "tokens" if (self.per_token, self.per_row) == (1, 0) else "bytes"
+
+    def rows_that_fit(self, width: int) -> int:
+        return self.total // max(width * self.per_token + self.per_row, 1)
+
+    def width_that_fits(self, rows: int) -> int:
+        if self.per_token == 0:  # a recurrent state does not grow: no decision point from memory
+            return 2**62
+        return (self.total // rows - self.per_row) // self.per_token
 
 
 def _free_memory(device: torch.device) -> int:
@@ -449,5 +449,6 @@ def _free_memory(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _accepts(model, name: str) -> bool:
-    return name in inspect.signature(model.forward).parameters
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -5,64 +5,69 @@
     out = target.generate(**inputs, custom_generate=SpeculativeSampling(draft, num_draft_tokens=4),
                           do_sample=True, temperature=0.8, top_k=40, max_new_tokens=128)
 
-One engine serves standard speculative sampling (brief 2.1) and reward-shifted speculative sampling
-(SSS, brief 2.2, :class:`specalign.reward_shifted.RewardShiftedSpeculativeSampling`). Each step:
+One engine serves standard speculative sampling (Leviathan et al., 2023; Chen et al., 2023) and
+reward-shifted speculative sampling (SSS, :class:`specalign.reward_shifted.RewardShiftedSpeculativeSampling`;
+the math is in ``docs/math.md``). Each step, over the rows still decoding:
 
-1. the draft proposes ``K`` tokens, one forward each (:func:`specalign.ops.sample`), and runs once
-   more on the ``K``-th, so that every model's cache covers the same positions and the drafts'
+1. propose: the draft drafts ``K`` tokens, one forward each (:func:`specalign.ops.sample`), and runs
+   once more on the ``K``-th, so every model's cache covers the same positions and the drafts'
    ``K+1``-th logits exist (the SSS bonus token needs them);
-2. the target, and under SSS the reference draft, score the ``K+1`` positions in one forward;
-3. :func:`specalign.ops.speculative_verify` accepts a prefix of each row's drafts and emits one more
-   token (greedy decoding compares the drafts with the target's argmax instead);
-4. rows that finished (EOS, length limit, stopping criteria) leave the batch
-   (:func:`specalign.ops.compact_rows`); the cache entries of rejected drafts are masked out, and
-   once masked entries fill ``COMPACT_AT_HOLE_FRACTION`` of the caches, every model's cache is
-   compacted (:func:`specalign.ops.compact_columns` right-aligns the kept entries, so each row's
-   left padding grows) and the left columns that are padding in every row are cropped. Both
-   choices were measured against the alternatives (``bench/NOTES.md``).
+2. score: the target, and under SSS the reference draft, score the ``K+1`` positions in one forward;
+3. accept: :func:`specalign.ops.speculative_verify` accepts a prefix of each row's drafts and emits
+   one more token (greedy decoding compares the drafts with the target's argmax instead);
+4. cut at stops: each row's new tokens end at the length limit, its first EOS and the first token
+   at which a stopping criterion fires;
+5. shrink: finished rows leave the batch and the entries of rejected drafts leave every cache
+   (:mod:`specalign._cache`).
 
 Rows accept different numbers of drafts, so they drift apart: each row keeps its own length, its
 position ids come from its attention mask, and its randomness is its own.
 
-Randomness: every row has an int64 seed (``seed``: an int, from which row ``b``'s seed is derived by
-:func:`row_seeds`; one seed per row; or ``None``, drawn from torch's global generator). The verifier
-draws with ``(seed, position)``; the draft proposes with ``(seed ^ DRAFT_SEED_XOR, position)``, so it
-never reuses the verifier's noise. The position of a token is the number of tokens its row had
-generated before it, so a row's tokens never depend on the other rows of the batch.
+Randomness: each row has an int64 seed (:func:`specalign._hf.row_seeds`). The verifier draws with
+``(seed, generated)``; the draft proposes with ``(seed ^ DRAFT_SEED_XOR, generated)``, so it never
+reuses the verifier's noise. ``generated`` is the number of tokens the row had generated before the
+token, so a row's tokens never depend on the other rows of the batch.
 
 Logits processing happens at every verified position, all positions in one call: processors that
 read only the scores (temperature, top-k, top-p, min-p, ...) see ``[B * (K+1), V]``; the others (e.g.
 repetition penalty) need each position's own prefix and are called once per distinct prefix length.
 Standard mode processes target and draft alike. SSS applies temperature to all three models and
-truncation and the other processors to the target only (brief 2.2).
+truncation and the other processors to the target only.
 
 Vocabulary: the models must share one tokenizer. The real vocabulary is ``len(tokenizer)`` when a
-``tokenizer`` is given (each model's ``config.vocab_size`` may be larger: padded logits are sliced
-off); without one, every ``config.vocab_size`` must be equal. The models' generation configs must
-also agree on their special ids (equal ``bos_token_id``, overlapping ``eos_token_id``).
+``tokenizer`` is given (a model's ``config.vocab_size`` may be larger: padded logits are sliced off);
+without one, every ``config.vocab_size`` must be equal. The models' generation configs must also
+agree on their special ids (equal ``bos_token_id``, overlapping ``eos_token_id``).
+
+Models: every decoder-only attention model whose ``generate`` uses a DynamicCache, sliding-window
+and chunked attention included. Recurrent-state (state-space, hybrid) models are refused: their state
+cannot take back rejected drafts.
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from tqdm.auto import tqdm
 from transformers.generation import logits_process
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from specalign import _compat, _generation, ops, reference
+from specalign import _cache, _compat, _hf, ops, reference
 
 # The draft's proposals use the row seed XOR this constant: a different Philox key from the verifier's.
 DRAFT_SEED_XOR = 0x5851F42D4C957F2D
 
-# The caches are compacted once this fraction of their entries is masked out (padding, rejected drafts).
+# Where masked holes are allowed (below), the caches are compacted once holes fill this fraction.
 COMPACT_AT_HOLE_FRACTION = 0.25
 
-# Processors whose __call__ reads only the scores (checked in the transformers 5.17 and 5.23 source).
+# Models whose output provably does not change when rejected drafts stay in the cache as masked
+# holes (tests/test_speculative_sampling.py checks each one): positions come from position_ids and
+# attention is full, so no distance is counted in columns. Every other model has the rejected
+# entries removed at every step.
+HOLE_SAFE_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "gpt2"})
+
+# Processors whose __call__ reads only the scores (checked in the transformers 5.17 and 5.24 source).
 _SCORE_ONLY_PROCESSORS = tuple(
     getattr(logits_process, name)
     for name in (
@@ -72,8 +77,6 @@ _SCORE_ONLY_PROCESSORS = tuple(
     )
     if hasattr(logits_process, name)
 )
-
-_MASK64 = (1 << 64) - 1
 
 
 @dataclass
@@ -93,33 +96,9 @@ class SpeculativeGenerateOutput(GenerateDecoderOnlyOutput):
     target_calls: int | None = None
 
 
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def row_seeds(seed: int | Sequence[int] | torch.Tensor | None, batch_size: int, device=None) -> torch.Tensor:
-    """The ``[batch_size]`` int64 row seeds for ``seed``.
-
-    An int gives row ``b`` the seed ``splitmix64(splitmix64(seed) + b)`` (as a signed int64), so a
-    row's seed depends on ``seed`` and ``b`` only. A sequence or tensor is taken as one seed per row.
-    ``None`` draws the seeds from torch's global generator.
-    """
-    if seed is None:
-        return torch.randint(-(2**63), 2**63 - 1, (batch_size,), dtype=torch.int64).to(device)
-    if isinstance(seed, int):
-        base = _splitmix64(seed & _MASK64)
-        unsigned = [_splitmix64((base + row) & _MASK64) for row in range(batch_size)]
-        return torch.tensor([s - (1 << 64) if s >> 63 else s for s in unsigned], dtype=torch.int64, device=device)
-    seeds = torch.as_tensor(seed)
-    if seeds.dtype.is_floating_point or seeds.dtype == torch.bool or seeds.shape != (batch_size,):
-        raise ValueError(
-            f"seed must be an int, None, or one integer seed per row ({batch_size} rows), "
-            f"got {seeds.dtype} of shape {tuple(seeds.shape)}"
-        )
-    return seeds.to(device=device, dtype=torch.int64, copy=True)  # the loop compacts it in place
+def row_seeds(seed, batch_size: int, device=None) -> torch.Tensor:
+    """The ``[batch_size]`` int64 row seeds for ``seed`` (see :func:`specalign._hf.row_seeds`)."""
+    return _hf.row_seeds(seed, batch_size, device)
 
 
 class SpeculativeSampling:
@@ -131,217 +110,258 @@ class SpeculativeSampling:
     Args:
         draft: the small causal LM that proposes tokens; same tokenizer and device as the target.
         num_draft_tokens: ``K >= 1``, tokens drafted per step.
-        seed: int, one int per row, or ``None`` (see :func:`row_seeds`).
+        seed: ``None`` (drawn from torch's global generator), an int, or one int per row
+            (:func:`specalign._hf.row_seeds`).
         tokenizer: optional, the shared tokenizer; its ``len()`` is the real vocabulary size when a
             model's ``config.vocab_size`` is padded beyond it.
+        progress: show a progress bar over new tokens.
         backend: the :mod:`specalign.ops` backend (``None``: by device).
     """
 
     _draft_name = "draft"
     ref_draft = None
 
-    def __init__(self, draft, num_draft_tokens: int = 4, *, seed=None, tokenizer=None, backend: str | None = None):
+    def __init__(self, draft, num_draft_tokens: int = 4, *, seed=None, tokenizer=None, progress: bool = False,
+                 backend: str | None = None):
         if isinstance(num_draft_tokens, bool) or not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
             raise ValueError(f"num_draft_tokens must be an int >= 1, got {num_draft_tokens!r}")
         if backend not in ops.BACKENDS:
             raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
-        _check_cache_support(self._draft_name, draft)
+        _hf.check_seed(seed)
+        _hf.check_model(self._draft_name, draft)
         self.draft = draft
         self.num_draft_tokens = num_draft_tokens
         self.seed = seed
         self.tokenizer = tokenizer
+        self.progress = progress
         self.backend = backend
 
     def __call__(self, model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
                  synced_gpus=False, streamer=None, **model_kwargs):
-        if synced_gpus:
-            raise ValueError("synced_gpus=True is not supported by speculative sampling")
-        if streamer is not None:
-            raise ValueError("streamer is not supported by speculative sampling")
-        if generation_config.num_beams != 1:
-            raise ValueError(f"num_beams must be 1 for speculative sampling, got {generation_config.num_beams}")
-        for flag in ("output_scores", "output_logits", "output_attentions", "output_hidden_states"):
-            if getattr(generation_config, flag, False):
-                raise ValueError(f"{flag}=True is not supported by speculative sampling")
         cache = _compat.pop_generate_cache(model_kwargs)
-        if cache is not None and cache.get_seq_length() > 0:
-            raise ValueError("the cache already holds tokens: speculative sampling starts from the prompt; pass no filled cache")
-        return _generate(
-            target=model,
-            draft=self.draft,
-            ref_draft=self.ref_draft,
-            draft_name=self._draft_name,
-            num_draft=self.num_draft_tokens,
-            seed=self.seed,
-            tokenizer=self.tokenizer,
-            backend=self.backend,
-            input_ids=input_ids,
-            attention_mask=model_kwargs.get("attention_mask"),
-            logits_processor=list(logits_processor or []),
-            stopping_criteria=list(stopping_criteria or []),
-            generation_config=generation_config,
+        attention_mask = _hf.check_call(type(self).__name__, generation_config, synced_gpus, streamer, model_kwargs,
+                                        cache)
+        decoder = _Decoder(self, model, list(logits_processor or []), list(stopping_criteria or []),
+                           generation_config)
+        return decoder.generate(input_ids, attention_mask)
+
+
+@dataclass
+class _Rows:
+    """The rows still decoding; dimension 0 of every tensor is the row.
+
+    ``index`` is the row's place in the output; ``lengths`` its tokens in ``sequences`` (prompt and
+    generated); ``cache_mask`` the attention mask of the cached columns, which hold every token of
+    the row but the last (the next step feeds it).
+    """
+
+    index: torch.Tensor  # [B]
+    lengths: torch.Tensor  # [B]
+    seeds: torch.Tensor  # [B]
+    draft_seeds: torch.Tensor  # [B]
+    cache_mask: torch.Tensor  # [B, S]
+
+    def __len__(self) -> int:
+        return self.index.numel()
+
+
+@dataclass
+class _Step:
+    """One step's proposals and verdict, row by row."""
+
+    tokens: torch.Tensor  # [B, K+1] the fed token, then the K drafts
+    mask: torch.Tensor  # [B, S+K+1] attention mask of the cache and the step's columns
+    draft_logits: torch.Tensor | None = None  # [B, K or K+1, V]
+    target_scores: torch.Tensor | None = None  # [B, K+1, V]
+    ref_logits: torch.Tensor | None = None  # [B, K+1, V]
+    emitted: torch.Tensor | None = None  # [B, K+1] verified tokens
+    num_accepted: torch.Tensor | None = None  # [B]
+    num_emitted: torch.Tensor | None = None  # [B]
+
+
+class _Decoder:
+    """One ``generate`` call's state: the models, their caches, the output buffer and statistics."""
+
+    def __init__(self, method: SpeculativeSampling, target, logits_processor, stopping_criteria, generation_config):
+        named_models = [("model", target), (method._draft_name, method.draft)]
+        if method.ref_draft is not None:
+            named_models.append(("ref_draft", method.ref_draft))
+        _hf.check_model("model", target)
+        for name, other in named_models[1:]:
+            if other.device != target.device:
+                raise ValueError(f"{name} is on {other.device} but the target model is on {target.device}; "
+                                 "put them on one device")
+        self.vocab = _shared_vocab_size(named_models, method.tokenizer)
+        self.models = [model for _, model in named_models]
+        self.caches = [_cache.speculation_cache(model) for model in self.models]
+        self.allow_holes = all(_hole_safe(model) for model in self.models)
+        self.method, self.config = method, generation_config
+        self.device = target.device
+        self.num_draft = method.num_draft_tokens
+        self.sss = method.ref_draft is not None
+        self.steps = torch.arange(self.num_draft + 1, device=self.device)
+        self.pad_id = _hf.pad_token_id(generation_config)
+        self.eos_ids = torch.cat([torch.empty(0, dtype=torch.long, device=self.device)] + [
+            c.eos_token_id.to(self.device).flatten() for c in stopping_criteria if isinstance(c, EosTokenCriteria)])
+        self.other_criteria = StoppingCriteriaList(
+            c for c in stopping_criteria if not isinstance(c, (EosTokenCriteria, MaxLengthCriteria)))
+        self.target_processors = logits_processor
+        # SSS: the drafts only at temperature, untruncated, so the tilt pi_r / pi_d stays finite.
+        self.draft_processors = logits_processor if not self.sss else [
+            p for p in logits_processor if isinstance(p, logits_process.TemperatureLogitsWarper)]
+        self.stats = dict(accepted=0, drafted=0, row_steps=0, generated=0, draft_calls=0, target_calls=0)
+
+    def generate(self, input_ids, attention_mask):
+        rows = self._prefill(input_ids.to(self.device), attention_mask)
+        bar = tqdm(total=self.max_length - self.prompt_length, desc=type(self.method).__name__,
+                   disable=not self.method.progress, unit="tok")
+        while len(rows):
+            step = self._propose(rows)
+            self._score(rows, step)
+            self._accept(rows, step)
+            num_kept, finished = self._cut_at_stops(rows, step)
+            rows.lengths += num_kept
+            longest = max(self.longest, int(rows.lengths.max()))
+            bar.update(longest - self.longest)
+            self.longest = longest
+            rows = self._shrink(rows, step, finished)
+        bar.close()
+        return self._output()
+
+    def _prefill(self, input_ids, attention_mask) -> _Rows:
+        batch, self.prompt_length = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        self.max_length = max(self.config.max_length, self.prompt_length)
+        self.longest = self.prompt_length
+        # The prompt, then each row's tokens, as HF lays them out; drafts are written past a row's length.
+        self.sequences = input_ids.new_full((batch, self.max_length + self.num_draft + 1), self.pad_id)
+        self.sequences[:, : self.prompt_length] = input_ids
+        seeds = _hf.row_seeds(self.method.seed, batch, self.device)
+        rows = _Rows(index=torch.arange(batch, device=self.device),
+                     lengths=torch.full((batch,), self.prompt_length, device=self.device),
+                     seeds=seeds, draft_seeds=seeds ^ DRAFT_SEED_XOR,
+                     cache_mask=attention_mask[:, :-1].to(device=self.device, dtype=torch.long))
+        if self.prompt_length > 1:
+            positions = _hf.positions_from_mask(rows.cache_mask, self.prompt_length - 1)
+            for model, cache in zip(self.models, self.caches):
+                _hf.forward(model, cache, input_ids[:, :-1], rows.cache_mask, positions, 1)
+            self.stats["target_calls"] = self.stats["draft_calls"] = 1
+        return rows
+
+    def _propose(self, rows: _Rows) -> _Step:
+        """Draft ``K`` tokens per row (written into ``sequences``) and keep the draft's logits."""
+        width = rows.cache_mask.shape[1]
+        mask = torch.cat([rows.cache_mask, rows.cache_mask.new_ones(len(rows), self.num_draft + 1)], dim=1)
+        positions = _hf.positions_from_mask(mask, self.num_draft + 1)
+        generated = rows.lengths - self.prompt_length
+        token = self.sequences[rows.index, rows.lengths - 1]
+        draft_logits = []
+        for j in range(self.num_draft + 1):
+            logits = _hf.forward(self.models[1], self.caches[1], token[:, None], mask[:, : width + j + 1],
+                                 positions[:, j : j + 1], 1, self.vocab)[:, 0]
+            self.stats["draft_calls"] += 1
+            if j == self.num_draft and not self.sss:
+                break
+            logits = _process(self.draft_processors, logits, self.sequences, rows.index, rows.lengths + j)
+            draft_logits.append(logits)
+            if j < self.num_draft:
+                if self.config.do_sample:
+                    token = ops.sample(logits, seeds=rows.draft_seeds, positions=generated + j,
+                                       backend=self.method.backend)
+                else:
+                    token = logits.argmax(-1)
+                self.sequences[rows.index, rows.lengths + j] = token
+        tokens = self.sequences[rows.index[:, None], rows.lengths[:, None] - 1 + self.steps]
+        return _Step(tokens=tokens, mask=mask, draft_logits=torch.stack(draft_logits, dim=1))
+
+    def _score(self, rows: _Rows, step: _Step) -> None:
+        """The target (and under SSS the reference draft) over the ``K+1`` step positions, processed."""
+        positions = _hf.positions_from_mask(step.mask, self.num_draft + 1)
+        flat_index = rows.index.repeat_interleave(self.num_draft + 1)
+        flat_lengths = (rows.lengths[:, None] + self.steps).flatten()
+        shape = (len(rows), self.num_draft + 1, -1)
+        logits = _hf.forward(self.models[0], self.caches[0], step.tokens, step.mask, positions, self.num_draft + 1,
+                             self.vocab)
+        self.stats["target_calls"] += 1
+        step.target_scores = _process(self.target_processors, logits.flatten(0, 1), self.sequences, flat_index,
+                                      flat_lengths).view(shape)
+        if self.sss:
+            logits = _hf.forward(self.models[2], self.caches[2], step.tokens, step.mask, positions,
+                                 self.num_draft + 1, self.vocab)
+            step.ref_logits = _process(self.draft_processors, logits.flatten(0, 1), self.sequences, flat_index,
+                                       flat_lengths).view(shape)
+
+    def _accept(self, rows: _Rows, step: _Step) -> None:
+        draft_tokens = step.tokens[:, 1:]
+        if self.config.do_sample:
+            step.emitted, step.num_accepted, step.num_emitted = ops.speculative_verify(
+                draft_tokens, step.draft_logits, step.target_scores, step.ref_logits, seeds=rows.seeds,
+                positions=rows.lengths - self.prompt_length, backend=self.method.backend)
+        else:
+            scores = step.target_scores
+            if self.sss:
+                scores = reference.shifted_target_logits(scores, step.draft_logits, step.ref_logits)
+            step.emitted = scores.argmax(-1)
+            step.num_accepted = (draft_tokens == step.emitted[:, :-1]).long().cumprod(-1).sum(-1)
+            step.num_emitted = step.num_accepted + 1
+        self.stats["accepted"] += int(step.num_accepted.sum())
+        self.stats["drafted"] += self.num_draft * len(rows)
+        self.stats["row_steps"] += len(rows)
+
+    def _cut_at_stops(self, rows: _Rows, step: _Step) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write each row's emitted tokens up to the length limit, its first EOS and the first stop.
+        Returns ``(num_kept [B], finished [B])``."""
+        num_kept = torch.minimum(step.num_emitted, self.max_length - rows.lengths)
+        is_eos = torch.isin(step.emitted, self.eos_ids) & (self.steps < num_kept[:, None])
+        hit_eos = is_eos.any(-1)
+        num_kept = torch.where(hit_eos, is_eos.long().argmax(-1) + 1, num_kept)
+        self._write(rows, step, num_kept)  # in full before the stopping criteria, which read them
+        finished = hit_eos | (rows.lengths + num_kept >= self.max_length)
+        if self.other_criteria:
+            num_kept, stopped = _first_stop(self.other_criteria, self.sequences, rows.index, rows.lengths, num_kept,
+                                            self.steps)
+            finished |= stopped
+            self._write(rows, step, num_kept)
+        self.stats["generated"] += int(num_kept.sum())
+        return num_kept, finished
+
+    def _write(self, rows: _Rows, step: _Step, num_kept: torch.Tensor) -> None:
+        kept = torch.where(self.steps < num_kept[:, None], step.emitted, self.pad_id)
+        self.sequences[rows.index[:, None], rows.lengths[:, None] + self.steps] = kept
+
+    def _shrink(self, rows: _Rows, step: _Step, finished: torch.Tensor) -> _Rows:
+        """Drop finished rows from every cache and the row state; take rejected drafts out of the caches."""
+        keep_columns = torch.cat([rows.cache_mask.bool(), self.steps <= step.num_accepted[:, None]], dim=1)
+        state = [keep_columns, rows.index, rows.lengths, rows.seeds, rows.draft_seeds]
+        if bool(finished.any()):
+            unfinished = (~finished).nonzero().squeeze(1)
+            state = _cache.keep_rows(self.caches, unfinished, state, self.method.backend)
+        keep_columns, index, lengths, seeds, draft_seeds = state
+        cache_mask = keep_columns.long()
+        holes = float((~keep_columns).float().mean()) if index.numel() else 0.0
+        if holes > 0 and (not self.allow_holes or holes > COMPACT_AT_HOLE_FRACTION):
+            cache_mask = _cache.remove_columns(self.caches, keep_columns, self.method.backend)
+        return _Rows(index=index, lengths=lengths, seeds=seeds, draft_seeds=draft_seeds, cache_mask=cache_mask)
+
+    def _output(self):
+        output = self.sequences[:, : self.longest]
+        if not self.config.return_dict_in_generate:
+            return output
+        stats = self.stats
+        return SpeculativeGenerateOutput(
+            sequences=output,
+            acceptance_rate=stats["accepted"] / max(stats["drafted"], 1),
+            tokens_per_target_call=stats["generated"] / max(stats["row_steps"], 1),
+            draft_calls=stats["draft_calls"],
+            target_calls=stats["target_calls"],
         )
 
 
-def _generate(target, draft, ref_draft, draft_name, num_draft, seed, tokenizer, backend, input_ids, attention_mask,
-              logits_processor, stopping_criteria, generation_config):
-    named_models = [("model", target), (draft_name, draft)]
-    if ref_draft is not None:
-        named_models.append(("ref_draft", ref_draft))
-    _check_cache_support("model", target)
-    device = target.device
-    for name, other in named_models[1:]:
-        if other.device != device:
-            raise ValueError(f"{name} is on {other.device} but the target model is on {device}; put them on one device")
-    vocab = _shared_vocab_size(named_models, tokenizer)
-    sss = ref_draft is not None
-    do_sample = generation_config.do_sample
-
-    input_ids = input_ids.to(device)
-    batch, prompt_length = input_ids.shape
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    max_length = max(generation_config.max_length, prompt_length)
-    eos_ids = torch.cat([input_ids.new_empty(0)] + [
-        c.eos_token_id.to(device).flatten() for c in stopping_criteria if isinstance(c, EosTokenCriteria)
-    ])
-    other_criteria = StoppingCriteriaList(
-        c for c in stopping_criteria if not isinstance(c, (EosTokenCriteria, MaxLengthCriteria))
-    )
-    pad_id = _generation.pad_token_id(generation_config)
-
-    target_processors = logits_processor
-    # SSS: the drafts only at temperature, untruncated, so that the tilt pi_r / pi_d stays finite (brief 2.2).
-    draft_processors = logits_processor
-    if sss:
-        draft_processors = [p for p in logits_processor if isinstance(p, logits_process.TemperatureLogitsWarper)]
-
-    # sequences: the prompt then each row's tokens, as HF lays them out; drafts are written past a row's length.
-    sequences = input_ids.new_full((batch, max_length + num_draft + 1), pad_id)
-    sequences[:, :prompt_length] = input_ids
-    lengths = torch.full((batch,), prompt_length, device=device)
-    rows = torch.arange(batch, device=device)
-    seeds = row_seeds(seed, batch, device)
-    draft_seeds = seeds ^ DRAFT_SEED_XOR
-
-    # Every cache holds each row's tokens except its last one, which the next step feeds.
-    models = [m for _, m in named_models]
-    caches = [DynamicCache(config=m.config) for m in models]
-    for (name, _), cache in zip(named_models, caches):
-        _check_cache_layers(name, cache)
-    cache_mask = attention_mask[:, :-1].to(device=device, dtype=torch.long)
-    if prompt_length > 1:
-        for model, cache in zip(models, caches):
-            _forward(model, cache, input_ids[:, :-1], cache_mask, 1)
-    target_calls = draft_calls = int(prompt_length > 1)
-    steps = torch.arange(num_draft + 1, device=device)
-    accepted = drafted = row_steps = generated_tokens = 0
-    longest = prompt_length
-
-    while rows.numel():
-        active = rows.numel()
-        generated = lengths - prompt_length
-        step_mask = torch.cat([cache_mask, cache_mask.new_ones(active, num_draft + 1)], dim=1)
-        width = cache_mask.shape[1]
-        draft_logits = []
-        token = sequences[rows, lengths - 1]
-        for j in range(num_draft + 1):
-            logits = _forward(draft, caches[1], token[:, None], step_mask[:, : width + j + 1], 1, vocab)[:, 0]
-            draft_calls += 1
-            if j == num_draft and not sss:
-                break
-            logits = _process(draft_processors, logits, sequences, rows, lengths + j)
-            draft_logits.append(logits)
-            if j < num_draft:
-                if do_sample:
-                    token = ops.sample(logits, seeds=draft_seeds, positions=generated + j, backend=backend)
-                else:
-                    token = logits.argmax(-1)
-                sequences[rows, lengths + j] = token
-        draft_logits = torch.stack(draft_logits, dim=1)
-        step_tokens = sequences[rows[:, None], lengths[:, None] - 1 + steps]  # the fed token, then the drafts
-        draft_tokens = step_tokens[:, 1:]
-
-        target_logits = _forward(target, caches[0], step_tokens, step_mask, num_draft + 1, vocab)
-        target_calls += 1
-        flat_rows = rows.repeat_interleave(num_draft + 1)
-        flat_lengths = (lengths[:, None] + steps).flatten()
-        target_scores = _process(target_processors, target_logits.flatten(0, 1), sequences, flat_rows, flat_lengths)
-        target_scores = target_scores.view(active, num_draft + 1, -1)
-        ref_logits = None
-        if sss:
-            ref_logits = _forward(ref_draft, caches[2], step_tokens, step_mask, num_draft + 1, vocab)
-            ref_logits = _process(draft_processors, ref_logits.flatten(0, 1), sequences, flat_rows, flat_lengths)
-            ref_logits = ref_logits.view(active, num_draft + 1, -1)
-
-        if do_sample:
-            tokens, num_accepted, num_emitted = ops.speculative_verify(
-                draft_tokens, draft_logits, target_scores, ref_logits, seeds=seeds, positions=generated, backend=backend
-            )
-        else:
-            if sss:
-                target_scores = reference.shifted_target_logits(target_scores, draft_logits, ref_logits)
-            tokens = target_scores.argmax(-1)
-            num_accepted = (draft_tokens == tokens[:, :-1]).long().cumprod(-1).sum(-1)
-            num_emitted = num_accepted + 1
-        accepted += int(num_accepted.sum())
-        drafted += num_draft * active
-        row_steps += active
-
-        # Cut each row's emitted tokens at the length limit, the first EOS and the first stop.
-        num_kept = torch.minimum(num_emitted, max_length - lengths)
-        is_eos = torch.isin(tokens, eos_ids) & (steps < num_kept[:, None])
-        hit_eos = is_eos.any(-1)
-        num_kept = torch.where(hit_eos, is_eos.long().argmax(-1) + 1, num_kept)
-        # Written in full before the stopping criteria, which read them.
-        sequences[rows[:, None], lengths[:, None] + steps] = torch.where(steps < num_kept[:, None], tokens, pad_id)
-        finished = hit_eos | (lengths + num_kept >= max_length)
-        if other_criteria:
-            num_kept, stopped = _first_stop(other_criteria, sequences, rows, lengths, num_kept, steps)
-            finished |= stopped
-            sequences[rows[:, None], lengths[:, None] + steps] = torch.where(steps < num_kept[:, None], tokens, pad_id)
-        lengths = lengths + num_kept
-        generated_tokens += int(num_kept.sum())
-        longest = max(longest, int(lengths.max()))
-
-        keep_columns = torch.cat([cache_mask.bool(), steps <= num_accepted[:, None]], dim=1)
-        cache_tensors = _cache_tensors(caches)
-        if bool(finished.any()):
-            unfinished = (~finished).nonzero().squeeze(1)
-            kept = ops.compact_rows(cache_tensors + [keep_columns, lengths, rows, seeds, draft_seeds], unfinished,
-                                    backend=backend)
-            *cache_tensors, keep_columns, lengths, rows, seeds, draft_seeds = kept
-            _set_cache_tensors(caches, cache_tensors)
-            if not rows.numel():
-                break
-        # Rejected drafts stay in the caches, masked out (positions come from the mask). Removing them
-        # copies every cache, which pays off only once holes fill a good part of it (bench/NOTES.md).
-        cache_mask = keep_columns.long()
-        if float((~keep_columns).float().mean()) > COMPACT_AT_HOLE_FRACTION:
-            cached_lengths, cache_mask = ops.compact_columns(cache_tensors, keep_columns, dim=2, backend=backend)
-            padding = int((cache_mask.shape[1] - cached_lengths).min())
-            cache_mask = cache_mask[:, padding:]
-            _set_cache_tensors(caches, [t[:, :, padding:] for t in cache_tensors])
-
-    output = sequences[:, :longest]
-    if not generation_config.return_dict_in_generate:
-        return output
-    return SpeculativeGenerateOutput(
-        sequences=output,
-        acceptance_rate=accepted / max(drafted, 1),
-        tokens_per_target_call=generated_tokens / max(row_steps, 1),
-        draft_calls=draft_calls,
-        target_calls=target_calls,
-    )
-
-
-def _forward(model, cache, tokens, mask, logits_to_keep, vocab=None):
-    """Feed ``tokens [b, n]``; ``mask`` covers the cached columns and the ``n`` new ones."""
-    positions = (mask.cumsum(1) - 1).clamp_min(0)[:, -tokens.shape[1]:]
-    keep = {"logits_to_keep": logits_to_keep} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    out = model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
-                **{_compat.cache_argument(model): cache}, **keep)
-    return out.logits[:, -logits_to_keep:, :vocab].float()
+def _hole_safe(model) -> bool:
+    config = model.config.get_text_config(decoder=True)
+    windowed = any(getattr(config, name, None) for name in ("sliding_window", "attention_chunk_size"))
+    return config.model_type in HOLE_SAFE_MODEL_TYPES and not windowed
 
 
 def _process(processors, scores, sequences, rows, lengths):
@@ -379,35 +399,6 @@ def _first_stop(criteria, sequences, rows, lengths, num_kept, steps):
         stop[pick_rows[pick], pick_steps[pick]] = criteria(sequences[:, :end], None)[rows[pick_rows[pick]]]
     stopped = stop.any(-1)
     return torch.where(stopped, stop.long().argmax(-1) + 1, num_kept), stopped
-
-
-def _check_cache_support(name, model):
-    supports_cache = getattr(model, "_supports_default_dynamic_cache", None)
-    if supports_cache is None or not supports_cache() or getattr(model.config, "is_encoder_decoder", False):
-        raise ValueError(
-            f"{name} ({type(model).__name__}) has no DynamicCache support: speculative sampling needs "
-            "decoder-only transformers models whose generate uses a DynamicCache"
-        )
-
-
-def _check_cache_layers(name, cache):
-    for layer in cache.layers:
-        if type(layer) is not DynamicLayer:
-            raise ValueError(
-                f"{name} needs a {type(layer).__name__} cache layer (e.g. sliding-window attention); "
-                "speculative sampling supports full-attention DynamicCache layers only"
-            )
-
-
-def _cache_tensors(caches):
-    return [t for cache in caches for layer in cache.layers for t in (layer.keys, layer.values)]
-
-
-def _set_cache_tensors(caches, tensors):
-    tensors = iter(tensors)
-    for cache in caches:
-        for layer in cache.layers:
-            layer.keys, layer.values = next(tensors), next(tensors)
 
 
 def _shared_vocab_size(named_models, tokenizer):
