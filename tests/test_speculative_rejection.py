@@ -14,7 +14,7 @@ from transformers import (
     RwkvForCausalLM,
 )
 
-from specalign import BestOfN, RewardModel, SpeculativeRejection, _compat
+from specalign import BestOfN, RewardModel, SpeculativeRejection, _compat, speculative_rejection
 from specalign._cache import cache_bytes
 
 VOCAB, PAD, EOS, BOS = 64, 0, 1, 2
@@ -180,9 +180,13 @@ def test_schedule_follows_the_budget(models):
     cache = DynamicCache(config=config)
     model(input_ids=PROMPTS, attention_mask=MASK, use_cache=True, **{_compat.cache_argument(model): cache})
     assert cache_bytes(cache) == (kv_bytes, 0)
-    by_bytes = generate(model, spr(memory_budget=budget * kv_bytes, alpha=0.5), max_new_tokens=24,
-                        suppress_tokens=[EOS])
-    assert by_bytes.decision_lengths == out.decision_lengths
+    # A budget in bytes counts working memory: per row also the logits buffers, ids, masks and pool.
+    per_row = speculative_rejection.LOGIT_COPIES * VOCAB * 4 + 3 * (width + 24) * 8
+    memory_budget = 16 * (per_row + (width + 2) * kv_bytes)  # 16 rows fit 2 new tokens, as above
+    by_bytes = generate(model, spr(memory_budget=memory_budget, alpha=0.5), max_new_tokens=24, suppress_tokens=[EOS])
+    assert by_bytes.decision_lengths[0] == 2
+    assert by_bytes.decision_lengths == [(memory_budget // rows - per_row) // kv_bytes - width
+                                         for rows in by_bytes.batch_sizes[: len(by_bytes.decision_lengths)]]
 
     sized = generate(model, spr(n=None, max_batch_tokens=budget, alpha=0.5), max_new_tokens=24)
     assert sized.peak_batch_size == 2 * (budget // (2 * (width + 3)))  # first decision at max_new_tokens / 8

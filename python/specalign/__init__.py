@@ -20,6 +20,7 @@ _ALGORITHMS = {
     "RewardModel": "specalign.reward_model",
     "SpeculativeSampling": "specalign.speculative_sampling",
     "RewardShiftedSpeculativeSampling": "specalign.reward_shifted",
+    "stop_strings": "specalign._hf",
 }
 
 

@@ -1,6 +1,6 @@
 """Cache adapters: what the decoding engines may do to each kind of Hugging Face cache layer.
 
-The engines change a cache in these ways, each one op call over every layer at once:
+The engines change a cache in these ways, each over every layer at once:
 
 - repeat each row ``n`` times after the prompt's prefill (:func:`repeat_rows`);
 - keep a subset of rows, in place (:func:`keep_rows`, :func:`specalign.ops.compact_rows`): every
@@ -11,7 +11,8 @@ The engines change a cache in these ways, each one op call over every layer at o
   between two of them, counted in columns, stays their distance in tokens; that is what ALiBi
   (MPT), GPT-Neo's local window and the sliding and chunked masks read;
 - report the bytes a row and each of its cached tokens take (:func:`cache_bytes`), for memory
-  budgets.
+  budgets; split a batch's rows off to host memory and bring them back (:func:`split_rows`,
+  :func:`move`), and roll back a forward that ran out of memory part-way (:func:`roll_back`).
 
 A recurrent (state-space, linear-attention) layer folds every token it sees into its state, so
 rejected drafts cannot be taken out of it: speculative decoding refuses such models (Hugging Face's
@@ -25,6 +26,7 @@ whole sequence, as a full-attention layer does.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -170,3 +172,51 @@ def repeat_rows(cache, repeats: int) -> None:
     """Repeat every row of every cache tensor ``repeats`` times, each copy next to its original."""
     for field in fields(cache):
         field.set(field.get().repeat_interleave(repeats, dim=field.row_dim))
+
+
+def seq_lengths(cache) -> list[int]:
+    """The cached length of every attention tensor, to roll back a forward that failed midway."""
+    return [field.get().shape[field.seq_dim] for field in fields(cache) if field.seq_dim is not None]
+
+
+def roll_back(cache, lengths: list[int]) -> None:
+    """Undo a forward that failed part-way (e.g. out of memory after some layers appended their
+    entry): cut every attention tensor back to ``lengths``. Raises ``RuntimeError`` where that cannot
+    restore the cache: a recurrent state already folded the token in, or a full sliding window
+    already dropped its oldest entry."""
+    attention = [field for field in fields(cache) if field.seq_dim is not None]
+    for layer in cache.layers:
+        grown = any(field.holder is layer and field.get().shape[field.seq_dim] > length
+                    for field, length in zip(attention, lengths))
+        if is_recurrent_layer(layer) or (isinstance(layer, cache_utils.DynamicSlidingWindowLayer)
+                                         and grown and layer.cumulative_length >= layer.sliding_window):
+            raise RuntimeError(f"a failed forward left a {type(layer).__name__} cache layer that cannot be rolled back")
+    for field, length in zip(attention, lengths):
+        tensor = field.get()
+        if tensor.shape[field.seq_dim] > length:
+            field.set(tensor.narrow(field.seq_dim, 0, length))
+            if hasattr(field.holder, "cumulative_length"):
+                field.holder.cumulative_length = length
+
+
+def split_rows(cache, at: int, device) -> object:
+    """Move rows ``at:`` of ``cache`` into a new cache on ``device`` (host memory frees the
+    accelerator) and keep rows ``:at`` in ``cache``."""
+    tail = copy.copy(cache)
+    tail.layers = []
+    for layer in cache.layers:
+        copied = copy.copy(layer)
+        for name, value in vars(layer).items():
+            if isinstance(value, dict):
+                setattr(copied, name, dict(value))
+        tail.layers.append(copied)
+    for field, copied in zip(fields(cache), fields(tail)):
+        tensor = field.get()
+        copied.set(tensor.narrow(field.row_dim, at, tensor.shape[field.row_dim] - at).to(device, copy=True))
+        field.set(tensor.narrow(field.row_dim, 0, at))
+    return tail
+
+
+def move(cache, device) -> None:
+    for field in fields(cache):
+        field.set(field.get().to(device))

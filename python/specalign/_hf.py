@@ -58,6 +58,39 @@ def check_call(method: str, generation_config, synced_gpus, streamer, model_kwar
     return model_kwargs.get("attention_mask")
 
 
+def check_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+    """Refuse prompts the loops would read wrongly: empty ones, and padding anywhere but the left
+    (right padding would make a pad token the last prompt token every answer starts from)."""
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be [batch, prompt length] with at least one token per prompt (e.g. the "
+                         f"BOS token), got shape {tuple(input_ids.shape)}")
+    if attention_mask is None:
+        return
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has "
+                         f"{tuple(input_ids.shape)}")
+    real = attention_mask.bool()
+    if not bool(real.any(1).all()):
+        raise ValueError("attention_mask: a prompt has no real token; give at least one token per prompt")
+    if bool((real[:, :-1] & ~real[:, 1:]).any()):
+        raise ValueError("attention_mask: prompts must be padded on the left (tokenizer.padding_side = 'left'); "
+                         "a pad after a real token would become the token every answer starts from")
+
+
+def check_length(name: str, model, length: int) -> None:
+    """Refuse a run whose sequences would outgrow a model's learned position embeddings (which
+    would fail deep inside the model with an index error)."""
+    config = model.config.get_text_config(decoder=True)
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None or length <= limit:
+        return
+    learned = any(isinstance(module, torch.nn.Embedding) and module.num_embeddings == limit
+                  and module.num_embeddings != config.vocab_size for module in model.modules())
+    if learned:
+        raise ValueError(f"max_new_tokens: prompt plus new tokens reach {length} positions but {name} "
+                         f"({type(model).__name__}) has learned position embeddings for {limit}")
+
+
 def forward(model, cache, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
             logits_to_keep: int, vocab: int | None = None) -> torch.Tensor:
     """Feed ``tokens [B, n]`` at ``positions [B, n]``; ``mask`` covers the cached columns and the
@@ -136,3 +169,20 @@ def pad_token_id(generation_config) -> int:
         eos = getattr(generation_config, "_eos_token_tensor", None)
         pad = None if eos is None else eos.flatten()[0]
     return 0 if pad is None else int(pad)
+
+
+def stop_strings(tokenizer, strings: Sequence[str]):
+    """Stopping criteria that end a row at any of ``strings``, for every specalign method.
+
+    transformers drops ``generate(..., tokenizer=...)`` before it calls a ``custom_generate``
+    callable, so ``stop_strings=`` fails there with "could not locate a tokenizer". Pass
+    ``stopping_criteria=specalign.stop_strings(tokenizer, ["\\n\\n"])`` instead::
+
+        out = model.generate(**inputs, custom_generate=BestOfN(rm, n=8), do_sample=True,
+                             stopping_criteria=stop_strings(tokenizer, ["."]), max_new_tokens=64)
+    """
+    from transformers.generation.stopping_criteria import StopStringCriteria, StoppingCriteriaList
+
+    if isinstance(strings, str) or not all(isinstance(s, str) and s for s in strings):
+        raise TypeError(f"strings must be a list of non-empty strings, got {strings!r}")
+    return StoppingCriteriaList([StopStringCriteria(tokenizer=tokenizer, stop_strings=list(strings))])

@@ -163,7 +163,13 @@ class RewardModel:
 
 def as_rewards(values, count: int, name: str) -> torch.Tensor:
     """``values`` as float32 ``[count]`` on the CPU, or a ValueError naming ``name``."""
-    rewards = torch.as_tensor(values).detach()
+    try:
+        rewards = torch.as_tensor(values).detach()
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"{name} must return {count} real scores (a tensor or a list of numbers), "
+                        f"got {type(values).__name__}") from error
+    if rewards.dtype == torch.bool or rewards.is_complex():
+        raise TypeError(f"{name} must return real scores, got {rewards.dtype}")
     if rewards.shape != (count,):
         raise ValueError(f"{name} returned scores of shape {tuple(rewards.shape)} for {count} answers; expected [{count}]")
     rewards = rewards.to(device="cpu", dtype=torch.float32)

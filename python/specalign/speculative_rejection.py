@@ -20,6 +20,7 @@ An explicit ``decision_tokens`` schedule (lengths in new tokens) overrides it.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +37,13 @@ from specalign.reward_model import RewardModel, as_rewards
 # Without a schedule and without n, the first decision point is at this fraction of max_new_tokens
 # (with alpha = 0.5 that leaves about three decisions before the end).
 FIRST_DECISION_FRACTION = 1 / 8
+# Per row, the [V] float32 buffers a decoding step holds at once: the model's logits, their float32
+# copy, the processed scores and a processor's temporary.
+LOGIT_COPIES = 4
+# The default budget: this share of the memory available when the call starts (CPU), or of the
+# device's free memory less CUDA_RESERVE_BYTES (CUDA), leaving room for everything else.
+DEFAULT_BUDGET_SHARE = 0.5
+CUDA_RESERVE_BYTES = 1 << 30
 
 
 @dataclass
@@ -107,11 +115,26 @@ class _Batch:
     def __len__(self) -> int:
         return self.ids.shape[0]
 
+    _STATE = ("ids", "mask", "prompt_lengths", "candidates", "seeds", "answer_lengths", "finished")
+
     def compact(self, keep: torch.Tensor, backend: str | None) -> None:
         """Keep rows ``keep`` of the cache and of every state tensor, in place, in one op call."""
-        state = [self.ids, self.mask, self.prompt_lengths, self.candidates, self.seeds, self.answer_lengths, self.finished]
-        (self.ids, self.mask, self.prompt_lengths, self.candidates, self.seeds, self.answer_lengths,
-         self.finished) = _cache.keep_rows([self.cache], keep, state, backend)
+        state = [getattr(self, name) for name in self._STATE]
+        for name, tensor in zip(self._STATE, _cache.keep_rows([self.cache], keep, state, backend)):
+            setattr(self, name, tensor)
+
+    def split(self, at: int, device) -> _Batch:
+        """Keep rows ``:at``; return rows ``at:`` as a batch of their own on ``device``."""
+        tail = dataclasses.replace(self, cache=_cache.split_rows(self.cache, at, device))
+        for name in self._STATE:
+            tensor = getattr(self, name)
+            setattr(tail, name, tensor[at:].to(device, copy=True))
+            setattr(self, name, tensor[:at])
+        return tail
+
+    def to(self, device) -> None:
+        for name in self._STATE:
+            setattr(self, name, getattr(self, name).to(device))
 
 
 class _Pool:
@@ -151,9 +174,13 @@ class _Pool:
         return torch.tensor(sorted(keep), dtype=torch.long)
 
     def best(self) -> torch.Tensor:
-        """Per prompt, the finished sample with the highest reward (lowest index on ties)."""
-        rewards = self.rewards.masked_fill(~self.finished, -torch.inf).view(self.num_prompts, self.n)
-        return torch.argmax(rewards, dim=1) + torch.arange(self.num_prompts) * self.n
+        """Per prompt, the finished sample with the highest reward (lowest index on ties; a finished
+        sample scored -inf still beats every unfinished one)."""
+        rewards = self.rewards.view(self.num_prompts, self.n)
+        finished = self.finished.view(self.num_prompts, self.n)
+        # Rank by (finished, reward): reward -inf must not tie with the unfinished samples.
+        rank = torch.where(finished, rewards.nan_to_num(neginf=-torch.finfo(torch.float32).max), -torch.inf)
+        return torch.argmax(rank, dim=1) + torch.arange(self.num_prompts) * self.n
 
 
 class SpeculativeRejection:
@@ -173,7 +200,12 @@ class SpeculativeRejection:
             prunes nothing.
         decision_tokens: decision points in new tokens, increasing (e.g. ``[32, 64, 128]``); ``()``
             for none (Best-of-N); ``None`` to derive them from the memory budget.
-        memory_budget: bytes of KV cache the batch may use (default: the device's free memory).
+        memory_budget: bytes of working memory the run may use: KV cache, logits, ids and the
+            reward model's working memory (default: :func:`default_memory_budget`, a share of the
+            available memory). A decision point comes at the latest where the batch would outgrow
+            it, also when ``n`` is given; Best-of-N (``alpha = 0``) splits the batch there instead
+            and finishes the halves one after the other. A CUDA out-of-memory error inside a round
+            is handled the same way: no finished answer is lost.
         max_batch_tokens: the budget in cached tokens (rows times sequence width) instead of bytes.
         seed: ``None`` (drawn from torch's global generator) or an int; sample ``s`` of prompt ``p``
             draws from its own stream, that of row ``p * n + s`` under
@@ -199,8 +231,10 @@ class SpeculativeRejection:
     ):
         if not callable(reward_model):
             raise ValueError(f"reward_model must be a RewardModel or a callable, got {type(reward_model).__name__}")
-        if n is not None and (not isinstance(n, int) or n < 1):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"n must be an integer >= 1 (or None to size it from the memory budget), got {n!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+            raise TypeError(f"alpha (the rejection rate) must be a number in [0, 1), got {type(alpha).__name__}")
         if not 0 <= alpha < 1:
             raise ValueError(f"alpha (the rejection rate) must lie in [0, 1), got {alpha}")
         if decision_tokens is not None:
@@ -243,72 +277,23 @@ class SpeculativeRejection:
         cache = _hf.new_cache(model, _compat.pop_generate_cache(model_kwargs))
         prompt_mask = _hf.check_call(name, generation_config, synced_gpus, streamer, model_kwargs, cache)
         self._check_generation(model, generation_config)
+        _hf.check_prompts(input_ids, prompt_mask)
         input_ids = input_ids.to(model.device)
         prompt_mask = torch.ones_like(input_ids) if prompt_mask is None else prompt_mask.to(model.device)
         num_prompts, prompt_width = input_ids.shape
         max_new_tokens = generation_config.max_length - prompt_width
         if max_new_tokens < 1:
             raise ValueError(f"max_length ({generation_config.max_length}) leaves no room after the {prompt_width}-token prompt")
+        _hf.check_length("model", model, generation_config.max_length)
 
         logits = self._prefill(model, cache, input_ids, prompt_mask)
-        budget = self._budget(model, cache, num_prompts) if self.n is None or self.decision_tokens is None else None
+        budget = self._budget(model, cache, num_prompts, prompt_width, max_new_tokens)
         n = self.n or self._default_n(budget, num_prompts, prompt_width, max_new_tokens)
         batch = self._replicate(cache, input_ids, prompt_mask, n, max_new_tokens)
-        logits = logits.repeat_interleave(n, 0)
-        pool = _Pool(num_prompts, n, max_new_tokens, model.device)
-        stats = dict(rows_decoded=0, rounds=0, decision_lengths=[], batch_sizes=[], reward_calls=0,
-                     reward_tokens_scored=0, peak_batch_size=num_prompts * n,
-                     compaction_seconds=[] if self.profile else None)
-        bar = tqdm(total=max_new_tokens, desc=name, disable=not self.progress, unit="tok")
-        while True:
-            stats["rounds"] += 1
-            stats["batch_sizes"].append(len(batch))
-            bar.set_postfix(batch=len(batch))
-            decision = self._next_decision(budget, len(batch), prompt_width, batch.generated)
-            round_over = DecisionPoint(prompt_width + min(decision or max_new_tokens, max_new_tokens))
-            self._decode_round(model, batch, logits, logits_processor, stopping_criteria, round_over,
-                               _hf.pad_token_id(generation_config), stats, bar)
-            pool.record(batch, self._score(batch, stats), batch.generated)
-            if bool(batch.finished.all()):
-                break
-            stats["decision_lengths"].append(batch.generated)
-            keep = pool.survivors(batch, self.alpha)
-            if keep.numel() == 0:
-                break
-            self._compact(batch, keep.to(model.device), stats)
-            logits = self._decode(model, batch)
-            stats["rows_decoded"] += len(batch)
-        bar.close()
-        return self._output(pool, input_ids, generation_config, stats)
-
-    def _decode_round(self, model, batch, logits, logits_processor, stopping_criteria, round_over, pad_token_id,
-                      stats, bar) -> None:
-        """Sample until every row finished or the round's decision point; ``logits`` are the first step's."""
-        while True:
-            width = batch.prompt_width + batch.generated
-            scores = logits_processor(batch.ids[:, :width], logits)
-            positions = torch.full((len(batch),), batch.generated, dtype=torch.long, device=batch.ids.device)
-            tokens = ops.sample(scores, seeds=batch.seeds, positions=positions, backend=self.backend)
-            batch.ids[:, width] = tokens.masked_fill(batch.finished, pad_token_id)
-            batch.mask[:, width] = 1
-            batch.answer_lengths += ~batch.finished
-            batch.generated += 1
-            bar.update(1)
-            sequence = batch.ids[:, : width + 1]
-            batch.finished |= stopping_criteria(sequence, scores)
-            if bool((batch.finished | round_over(sequence, scores)).all()):
-                return
-            logits = self._decode(model, batch)
-            stats["rows_decoded"] += len(batch)
-
-    def _compact(self, batch, keep, stats) -> None:
-        if self.profile:
-            _synchronize(batch.ids.device)
-            start = time.perf_counter()
-        batch.compact(keep, self.backend)
-        if self.profile:
-            _synchronize(batch.ids.device)
-            stats["compaction_seconds"].append(time.perf_counter() - start)
+        run = _Run(self, model, logits_processor, stopping_criteria, _hf.pad_token_id(generation_config), budget,
+                   _Pool(num_prompts, n, max_new_tokens, model.device), max_new_tokens)
+        run.decode(batch, logits.repeat_interleave(n, 0))
+        return self._output(run.pool, input_ids, generation_config, run.stats)
 
     def _output(self, pool, input_ids, generation_config, stats):
         best = pool.best()
@@ -343,12 +328,25 @@ class SpeculativeRejection:
                 "differ, give RewardModel(..., generator_tokenizer=...)"
             )
 
-    def _budget(self, model, cache, rows) -> _Budget:
-        """The memory budget, and what a row and each of its cached tokens cost against it."""
+    def _budget(self, model, cache, num_prompts, prompt_width, max_new_tokens) -> _Budget:
+        """The memory budget, and what a row and each of its cached tokens cost against it.
+
+        ``max_batch_tokens`` counts cached tokens only. A budget in bytes counts the run's working
+        memory: the cache (measured from the prefilled one), and per row the logits and their
+        processed copies, the ids and masks and the candidate pool's tokens; the reward model's own
+        working memory (``RewardModel.working_bytes``) is set aside first.
+        """
         if self.max_batch_tokens is not None:
             return _Budget(self.max_batch_tokens, per_token=1, per_row=0)
         per_token, per_row = _cache.cache_bytes(cache)
-        return _Budget(self.memory_budget or _free_memory(model.device), per_token, per_row)
+        vocab = model.config.get_text_config(decoder=True).vocab_size
+        per_row += LOGIT_COPIES * vocab * 4 + 3 * (prompt_width + max_new_tokens) * 8
+        total = self.memory_budget or default_memory_budget(model.device)
+        reserve = getattr(self.reward_model, "working_bytes", lambda: 0)()
+        if total <= reserve:
+            raise ValueError(f"memory_budget ({total} bytes) does not cover the reward model's working memory "
+                             f"({reserve} bytes); raise it")
+        return _Budget(total - reserve, per_token, per_row)
 
     def _default_n(self, budget, num_prompts, prompt_width, max_new_tokens) -> int:
         if self.decision_tokens:
@@ -365,12 +363,14 @@ class SpeculativeRejection:
             )
         return n
 
-    def _next_decision(self, budget, rows, prompt_width, generated) -> int | None:
-        """New-token length of the next decision point after ``generated``, or None."""
+    def _next_decision(self, budget, rows, prompt_width, generated) -> int:
+        """New-token length of the next decision point after ``generated``: the next one of the
+        schedule, and at the latest where the batch would outgrow the budget."""
+        limit = max(budget.width_that_fits(rows) - prompt_width, generated + 1)
         if self.decision_tokens is not None:
-            return next((d for d in self.decision_tokens if d > generated), None)
-        length = budget.width_that_fits(rows) - prompt_width
-        return length if length > generated else None
+            scheduled = next((d for d in self.decision_tokens if d > generated), limit)
+            return min(scheduled, limit)
+        return limit
 
     def _prefill(self, model, cache, input_ids, prompt_mask) -> torch.Tensor:
         """Prefill the prompts once; returns the next-token logits ``[P, V]``."""
@@ -421,6 +421,116 @@ class SpeculativeRejection:
         return as_rewards(self.reward_model(prompts, answers), len(answers), "reward_model")
 
 
+class _Run:
+    """One ``generate`` call's decoding: batches (one, until memory forces a split), rounds,
+    decisions, and the statistics."""
+
+    def __init__(self, method, model, logits_processor, stopping_criteria, pad_token_id, budget, pool, max_new_tokens):
+        self.method, self.model, self.budget, self.pool = method, model, budget, pool
+        self.logits_processor, self.stopping_criteria, self.pad_token_id = logits_processor, stopping_criteria, pad_token_id
+        self.max_new_tokens = max_new_tokens
+        self.stats = dict(rows_decoded=0, rounds=0, decision_lengths=[], batch_sizes=[], reward_calls=0,
+                          reward_tokens_scored=0, peak_batch_size=pool.num_prompts * pool.n,
+                          compaction_seconds=[] if method.profile else None)
+        self.bar = tqdm(total=max_new_tokens, desc=type(method).__name__, disable=not method.progress, unit="tok")
+
+    def decode(self, batch, logits) -> None:
+        pending = [(batch, logits)]
+        while pending:
+            batch, logits = pending.pop()
+            _cache.move(batch.cache, self.model.device)
+            batch.to(self.model.device)
+            pending += self._rounds(batch, logits)
+        self.bar.close()
+
+    def _rounds(self, batch, logits) -> list:
+        """Decode ``batch`` to the end, or until memory splits it: then return both parts, as
+        ``(batch, None)`` pairs, the rows to continue first."""
+        while True:
+            self.stats["rounds"] += 1
+            self.stats["batch_sizes"].append(len(batch))
+            self.bar.set_postfix(batch=len(batch))
+            decision = self.method._next_decision(self.budget, len(batch), batch.prompt_width, batch.generated)
+            scheduled = self.method.decision_tokens is not None and decision in self.method.decision_tokens
+            ran_out = self._round(batch, logits, DecisionPoint(batch.prompt_width + min(decision, self.max_new_tokens)))
+            over_budget = ran_out or (not scheduled and batch.generated == decision)
+            done = bool(batch.finished.all())
+            if over_budget and not done and self.method.alpha == 0:
+                split = self._split(batch, ran_out)
+                if split:
+                    return split
+                logits = None
+                continue
+            self.pool.record(batch, self.method._score(batch, self.stats), batch.generated)
+            if done:
+                return []
+            self.stats["decision_lengths"].append(batch.generated)
+            keep = self.pool.survivors(batch, self.method.alpha)
+            if keep.numel() == 0:
+                return []
+            if over_budget and keep.numel() == len(batch):  # nothing to prune: split instead
+                split = self._split(batch, ran_out)
+                if split:
+                    return split
+            else:
+                self._compact(batch, keep.to(batch.ids.device))
+            logits = None
+
+    def _round(self, batch, logits, round_over) -> bool:
+        """Sample until every row finished or the round's decision point. Returns True when the
+        device ran out of memory first (the batch then stands as at a decision point)."""
+        while True:
+            if logits is None:
+                logits = self._next_logits(batch)
+                if logits is None:
+                    return True
+            width = batch.prompt_width + batch.generated
+            scores = self.logits_processor(batch.ids[:, :width], logits)
+            positions = torch.full((len(batch),), batch.generated, dtype=torch.long, device=batch.ids.device)
+            tokens = ops.sample(scores, seeds=batch.seeds, positions=positions, backend=self.method.backend)
+            batch.ids[:, width] = tokens.masked_fill(batch.finished, self.pad_token_id)
+            batch.mask[:, width] = 1
+            batch.answer_lengths += ~batch.finished
+            batch.generated += 1
+            self.bar.update(1)
+            sequence = batch.ids[:, : width + 1]
+            batch.finished |= self.stopping_criteria(sequence, scores)
+            if bool((batch.finished | round_over(sequence, scores)).all()):
+                return False
+            logits = None
+
+    def _next_logits(self, batch):
+        """Feed each row's last token; ``None`` if the device ran out of memory (cache rolled back)."""
+        lengths = _cache.seq_lengths(batch.cache)
+        try:
+            logits = self.method._decode(self.model, batch)
+        except torch.OutOfMemoryError:
+            _cache.roll_back(batch.cache, lengths)
+            return None
+        self.stats["rows_decoded"] += len(batch)
+        return logits
+
+    def _split(self, batch, ran_out: bool) -> list:
+        """Keep the first half of the rows going; the rest wait, in host memory on CUDA, for their
+        turn. A single row cannot split: past the budget it goes on, out of memory it fails."""
+        if len(batch) == 1:
+            if ran_out:
+                raise torch.OutOfMemoryError("out of memory decoding a single row: shorten max_new_tokens or free memory")
+            return []
+        tail = batch.split(len(batch) // 2, torch.device("cpu") if batch.ids.is_cuda else batch.ids.device)
+        return [(tail, None), (batch, None)]
+
+    def _compact(self, batch, keep) -> None:
+        profile = self.method.profile
+        if profile:
+            _synchronize(batch.ids.device)
+            start = time.perf_counter()
+        batch.compact(keep, self.method.backend)
+        if profile:
+            _synchronize(batch.ids.device)
+            self.stats["compaction_seconds"].append(time.perf_counter() - start)
+
+
 @dataclass(frozen=True)
 class _Budget:
     """A memory budget: ``total`` units, of which a batch of ``rows`` rows of ``width`` cached
@@ -443,9 +553,25 @@ class _Budget:
         return (self.total // rows - self.per_row) // self.per_token
 
 
-def _free_memory(device: torch.device) -> int:
+def default_memory_budget(device: torch.device) -> int:
+    """Bytes a run may use by default: ``DEFAULT_BUDGET_SHARE`` of the available host memory on CPU
+    (``MemAvailable``: free plus reclaimable), of the free device memory less ``CUDA_RESERVE_BYTES``
+    on CUDA."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        free = torch.cuda.mem_get_info(device)[0] - CUDA_RESERVE_BYTES
+    else:
+        free = _available_host_memory()
+    return max(int(free * DEFAULT_BUDGET_SHARE), 1)
+
+
+def _available_host_memory() -> int:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 

@@ -229,10 +229,14 @@ class _Decoder:
         return self._output()
 
     def _prefill(self, input_ids, attention_mask) -> _Rows:
+        _hf.check_prompts(input_ids, attention_mask)
         batch, self.prompt_length = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         self.max_length = max(self.config.max_length, self.prompt_length)
+        for model, name in zip(self.models, ("model", self.method._draft_name, "ref_draft")):
+            # Drafts are fed up to K + 1 positions past the length limit before they are cut.
+            _hf.check_length(name, model, self.max_length + self.num_draft + 1)
         self.longest = self.prompt_length
         # The prompt, then each row's tokens, as HF lays them out; drafts are written past a row's length.
         self.sequences = input_ids.new_full((batch, self.max_length + self.num_draft + 1), self.pad_id)
