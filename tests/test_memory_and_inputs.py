@@ -6,7 +6,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import specalign
-from specalign import BestOfN, SpeculativeRejection, SpeculativeSampling, speculative_rejection
+from specalign import BestOfN, SpeculativeRejection, SpeculativeSampling, _hf, speculative_rejection
 
 VOCAB, PAD, EOS, BOS = 64, 0, 1, 2
 SPECIAL = dict(pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS)
@@ -79,8 +79,15 @@ def test_n_from_the_budget_fits_it(model):
     rows = out.peak_batch_size
     width = PROMPTS.shape[1] + max(1, round(12 * speculative_rejection.FIRST_DECISION_FRACTION))
     kv_bytes = 2 * 2 * 2 * 8 * 4  # layers, keys and values, kv heads, head dim, float32
-    per_row = speculative_rejection.LOGIT_COPIES * VOCAB * 4 + 3 * (PROMPTS.shape[1] + 12) * 8
-    assert 2 <= rows and rows * (width * kv_bytes + per_row) <= memory_budget
+    full_width = PROMPTS.shape[1] + 12
+    per_row = (speculative_rejection.LOGIT_COPIES * VOCAB * 4 + _hf.activation_bytes(model, full_width)
+               + 3 * full_width * 8)
+    assert 2 <= rows and rows * (width * kv_bytes + per_row) <= memory_budget * speculative_rejection.MODELLED_SHARE
+
+
+def test_an_n_that_does_not_fit_even_the_first_token_is_refused(model):
+    with pytest.raises(ValueError, match="n=64: 128 rows do not fit"):
+        generate(model, SpeculativeRejection(mean_token_reward, n=64, max_batch_tokens=100, seed=0))
 
 
 def test_out_of_memory_in_a_round_is_a_decision_point(model):

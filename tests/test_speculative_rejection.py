@@ -14,7 +14,7 @@ from transformers import (
     RwkvForCausalLM,
 )
 
-from specalign import BestOfN, RewardModel, SpeculativeRejection, _compat, speculative_rejection
+from specalign import BestOfN, RewardModel, SpeculativeRejection, _compat, _hf, speculative_rejection
 from specalign._cache import cache_bytes
 
 VOCAB, PAD, EOS, BOS = 64, 0, 1, 2
@@ -181,11 +181,14 @@ def test_schedule_follows_the_budget(models):
     model(input_ids=PROMPTS, attention_mask=MASK, use_cache=True, **{_compat.cache_argument(model): cache})
     assert cache_bytes(cache) == (kv_bytes, 0)
     # A budget in bytes counts working memory: per row also the logits buffers, ids, masks and pool.
-    per_row = speculative_rejection.LOGIT_COPIES * VOCAB * 4 + 3 * (width + 24) * 8
-    memory_budget = 16 * (per_row + (width + 2) * kv_bytes)  # 16 rows fit 2 new tokens, as above
+    per_row = (speculative_rejection.LOGIT_COPIES * VOCAB * 4 + _hf.activation_bytes(model, width + 24)
+               + 3 * (width + 24) * 8)
+    planned = 16 * (per_row + (width + 2) * kv_bytes)  # 16 rows fit 2 new tokens, as above
+    memory_budget = int(planned / speculative_rejection.MODELLED_SHARE) + 1
     by_bytes = generate(model, spr(memory_budget=memory_budget, alpha=0.5), max_new_tokens=24, suppress_tokens=[EOS])
     assert by_bytes.decision_lengths[0] == 2
-    assert by_bytes.decision_lengths == [(memory_budget // rows - per_row) // kv_bytes - width
+    planned = int(memory_budget * speculative_rejection.MODELLED_SHARE)
+    assert by_bytes.decision_lengths == [(planned // rows - per_row) // kv_bytes - width
                                          for rows in by_bytes.batch_sizes[: len(by_bytes.decision_lengths)]]
 
     sized = generate(model, spr(n=None, max_batch_tokens=budget, alpha=0.5), max_new_tokens=24)

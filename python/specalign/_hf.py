@@ -106,6 +106,18 @@ def forward(model, cache, tokens: torch.Tensor, mask: torch.Tensor, positions: t
     return logits[:, -logits_to_keep:, :vocab].float()
 
 
+def activation_bytes(model, width: int) -> int:
+    """An upper estimate of a forward's working memory per token fed, beyond the weights and cache:
+    the hidden states and their residual copies, the MLP's intermediate activations, and a row of
+    attention scores per head over ``width`` keys."""
+    config = model.config.get_text_config()
+    hidden = config.hidden_size
+    intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
+    heads = getattr(config, "num_attention_heads", None) or 1
+    itemsize = next(model.parameters()).element_size()
+    return itemsize * (8 * hidden + 3 * intermediate + 2 * heads * width)
+
+
 def positions_from_mask(mask: torch.Tensor, new: int) -> torch.Tensor:
     """Positions of the last ``new`` columns of ``mask [B, S]``: the count of real tokens before them."""
     return (mask.long().cumsum(1) - 1).clamp_min(0)[:, -new:]

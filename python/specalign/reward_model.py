@@ -6,9 +6,13 @@ Hugging Face sequence-classification model (or a plain callable) to that call.
 """
 from __future__ import annotations
 
+import copy
+
 from typing import Callable, Sequence
 
 import torch
+
+from specalign import _hf
 
 INPUT_TYPES = ("ids", "text")
 
@@ -87,6 +91,26 @@ class RewardModel:
     def device(self) -> torch.device | None:
         """The device of the wrapped model, ``None`` for a callable."""
         return self.model.device if isinstance(self.model, torch.nn.Module) else None
+
+    def working_bytes(self, width: int) -> int:
+        """An upper estimate of the memory one scoring call takes beyond the weights, for prompts
+        with answers of up to ``width`` tokens: ``max_batch_tokens`` times :meth:`bytes_per_token`."""
+        return self.max_batch_tokens * self.bytes_per_token(width)
+
+    def bytes_per_token(self, width: int) -> int:
+        """Working memory per token of a scoring batch of rows up to ``width`` tokens long
+        (:func:`specalign._hf.activation_bytes`); 0 for a callable, whose memory is its own business."""
+        if not isinstance(self.model, torch.nn.Module):
+            return 0
+        return _hf.activation_bytes(self.model, width)
+
+    def with_max_batch_tokens(self, max_batch_tokens: int) -> RewardModel:
+        """The same reward model scoring in batches of at most ``max_batch_tokens`` tokens."""
+        if max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+        limited = copy.copy(self)
+        limited.max_batch_tokens = max_batch_tokens
+        return limited
 
     @property
     def vocab_size(self) -> int | None:

@@ -44,6 +44,12 @@ LOGIT_COPIES = 4
 # device's free memory less CUDA_RESERVE_BYTES (CUDA), leaving room for everything else.
 DEFAULT_BUDGET_SHARE = 0.5
 CUDA_RESERVE_BYTES = 1 << 30
+# What the byte budget's model counts (cache, buffers, activations) is planned into this share of
+# it; the rest is headroom for what it does not: the old and new copy of a layer's cache while a
+# step appends to it, and the allocator's slack (bench/bench_memory_budget.py measures the whole).
+MODELLED_SHARE = 0.8
+# A RewardModel scores in batches whose working memory is at most this share of a byte budget.
+REWARD_BUDGET_SHARE = 0.25
 
 
 @dataclass
@@ -287,11 +293,16 @@ class SpeculativeRejection:
         _hf.check_length("model", model, generation_config.max_length)
 
         logits = self._prefill(model, cache, input_ids, prompt_mask)
-        budget = self._budget(model, cache, num_prompts, prompt_width, max_new_tokens)
+        budget, reward_model = self._budget(model, cache, prompt_width, max_new_tokens)
         n = self.n or self._default_n(budget, num_prompts, prompt_width, max_new_tokens)
+        if budget.rows_that_fit(prompt_width + 1) < num_prompts * n:
+            raise ValueError(
+                f"n={n}: {num_prompts * n} rows do not fit the memory budget ({budget.total} {budget.unit}) even at "
+                f"their first new token, before any answer can be scored and pruned; lower n (n=None sizes it) "
+                "or raise memory_budget/max_batch_tokens")
         batch = self._replicate(cache, input_ids, prompt_mask, n, max_new_tokens)
-        run = _Run(self, model, logits_processor, stopping_criteria, _hf.pad_token_id(generation_config), budget,
-                   _Pool(num_prompts, n, max_new_tokens, model.device), max_new_tokens)
+        run = _Run(self, model, reward_model, logits_processor, stopping_criteria, _hf.pad_token_id(generation_config),
+                   budget, _Pool(num_prompts, n, max_new_tokens, model.device), max_new_tokens)
         run.decode(batch, logits.repeat_interleave(n, 0))
         return self._output(run.pool, input_ids, generation_config, run.stats)
 
@@ -328,25 +339,32 @@ class SpeculativeRejection:
                 "differ, give RewardModel(..., generator_tokenizer=...)"
             )
 
-    def _budget(self, model, cache, num_prompts, prompt_width, max_new_tokens) -> _Budget:
-        """The memory budget, and what a row and each of its cached tokens cost against it.
+    def _budget(self, model, cache, prompt_width, max_new_tokens):
+        """The memory budget, what a row and each of its cached tokens cost against it, and the
+        reward model to score with under it.
 
         ``max_batch_tokens`` counts cached tokens only. A budget in bytes counts the run's working
         memory: the cache (measured from the prefilled one), and per row the logits and their
-        processed copies, the ids and masks and the candidate pool's tokens; the reward model's own
-        working memory (``RewardModel.working_bytes``) is set aside first.
+        processed copies, a decoding step's activations, the ids and masks and the candidate pool's
+        tokens; a :class:`RewardModel`
+        scores in batches cut to ``REWARD_BUDGET_SHARE`` of it, set aside first.
         """
         if self.max_batch_tokens is not None:
-            return _Budget(self.max_batch_tokens, per_token=1, per_row=0)
+            return _Budget(self.max_batch_tokens, per_token=1, per_row=0), self.reward_model
         per_token, per_row = _cache.cache_bytes(cache)
         vocab = model.config.get_text_config(decoder=True).vocab_size
-        per_row += LOGIT_COPIES * vocab * 4 + 3 * (prompt_width + max_new_tokens) * 8
-        total = self.memory_budget or default_memory_budget(model.device)
-        reserve = getattr(self.reward_model, "working_bytes", lambda: 0)()
-        if total <= reserve:
-            raise ValueError(f"memory_budget ({total} bytes) does not cover the reward model's working memory "
-                             f"({reserve} bytes); raise it")
-        return _Budget(total - reserve, per_token, per_row)
+        width = prompt_width + max_new_tokens
+        per_row += LOGIT_COPIES * vocab * 4 + _hf.activation_bytes(model, width) + 3 * width * 8
+        total = int((self.memory_budget or default_memory_budget(model.device)) * MODELLED_SHARE)
+        reward_model = self.reward_model
+        if isinstance(reward_model, RewardModel) and reward_model.bytes_per_token(width):
+            tokens = min(reward_model.max_batch_tokens, int(total * REWARD_BUDGET_SHARE) // reward_model.bytes_per_token(width))
+            if tokens < width:
+                raise ValueError(f"memory_budget ({total} bytes) leaves the reward model too little to score one "
+                                 f"{width}-token answer; raise it")
+            reward_model = reward_model.with_max_batch_tokens(tokens)
+            total -= reward_model.working_bytes(width)
+        return _Budget(total, per_token, per_row), reward_model
 
     def _default_n(self, budget, num_prompts, prompt_width, max_new_tokens) -> int:
         if self.decision_tokens:
@@ -407,7 +425,7 @@ class SpeculativeRejection:
         positions = (batch.prompt_lengths + batch.generated - 1)[:, None]
         return _hf.forward(model, batch.cache, batch.ids[:, width - 1 : width], batch.mask[:, :width], positions, 1)[:, -1]
 
-    def _score(self, batch, stats) -> torch.Tensor:
+    def _score(self, reward_model, batch, stats) -> torch.Tensor:
         """Reward of every row's prompt and answer so far, unpadded: float32 ``[B]`` on the CPU."""
         prompt_width = batch.prompt_width
         # A copy, so the pieces handed to the reward model never change when the batch is compacted.
@@ -418,15 +436,16 @@ class SpeculativeRejection:
             answers.append(ids[row, prompt_width : prompt_width + answer_length])
             stats["reward_tokens_scored"] += prompt_length + answer_length
         stats["reward_calls"] += 1
-        return as_rewards(self.reward_model(prompts, answers), len(answers), "reward_model")
+        return as_rewards(reward_model(prompts, answers), len(answers), "reward_model")
 
 
 class _Run:
     """One ``generate`` call's decoding: batches (one, until memory forces a split), rounds,
     decisions, and the statistics."""
 
-    def __init__(self, method, model, logits_processor, stopping_criteria, pad_token_id, budget, pool, max_new_tokens):
-        self.method, self.model, self.budget, self.pool = method, model, budget, pool
+    def __init__(self, method, model, reward_model, logits_processor, stopping_criteria, pad_token_id, budget, pool,
+                 max_new_tokens):
+        self.method, self.model, self.reward_model, self.budget, self.pool = method, model, reward_model, budget, pool
         self.logits_processor, self.stopping_criteria, self.pad_token_id = logits_processor, stopping_criteria, pad_token_id
         self.max_new_tokens = max_new_tokens
         self.stats = dict(rows_decoded=0, rounds=0, decision_lengths=[], batch_sizes=[], reward_calls=0,
@@ -436,10 +455,15 @@ class _Run:
 
     def decode(self, batch, logits) -> None:
         pending = [(batch, logits)]
+        full_budget = self.budget
         while pending:
             batch, logits = pending.pop()
             _cache.move(batch.cache, self.model.device)
             batch.to(self.model.device)
+            # Rows waiting their turn on this device hold memory the running ones must leave them.
+            waiting = sum(full_budget.cost(len(other), other.prompt_width + other.generated)
+                          for other, _ in pending if other.ids.device == batch.ids.device)
+            self.budget = full_budget.less(waiting)
             pending += self._rounds(batch, logits)
         self.bar.close()
 
@@ -461,7 +485,7 @@ class _Run:
                     return split
                 logits = None
                 continue
-            self.pool.record(batch, self.method._score(batch, self.stats), batch.generated)
+            self.pool.record(batch, self.method._score(self.reward_model, batch, self.stats), batch.generated)
             if done:
                 return []
             self.stats["decision_lengths"].append(batch.generated)
@@ -543,6 +567,12 @@ class _Budget:
     @property
     def unit(self) -> str:
         return "tokens" if (self.per_token, self.per_row) == (1, 0) else "bytes"
+
+    def less(self, used: int) -> _Budget:
+        return dataclasses.replace(self, total=max(self.total - used, 0))
+
+    def cost(self, rows: int, width: int) -> int:
+        return rows * (width * self.per_token + self.per_row)
 
     def rows_that_fit(self, width: int) -> int:
         return self.total // max(width * self.per_token + self.per_row, 1)
