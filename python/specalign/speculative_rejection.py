@@ -516,7 +516,8 @@ class _Run:
             batch.mask[:, width] = 1
             batch.answer_lengths += ~batch.finished
             batch.generated += 1
-            self.bar.update(1)
+            if batch.generated > self.bar.n:  # split-off rows decode these tokens again, for themselves
+                self.bar.update(1)
             sequence = batch.ids[:, : width + 1]
             batch.finished |= self.stopping_criteria(sequence, scores)
             if bool((batch.finished | round_over(sequence, scores)).all()):
