@@ -36,14 +36,17 @@ def check_model(name: str, model) -> None:
         )
 
 
-def check_call(method: str, generation_config, synced_gpus, streamer, model_kwargs: dict, cache) -> torch.Tensor | None:
+def check_call(method: str, model, generation_config, synced_gpus, streamer, model_kwargs: dict,
+               cache) -> torch.Tensor | None:
     """Check one ``custom_generate`` call; returns the attention mask (``None`` for no padding)."""
-    if not generation_config.use_cache or not model_kwargs.get("use_cache", True):
+    asked_off = not generation_config.use_cache or not model_kwargs.get("use_cache", True)
+    # Some configs (e.g. MPT's) turn the cache off by default; only the caller's own choice is refused.
+    if asked_off and getattr(model.config.get_text_config(decoder=True), "use_cache", True):
         raise ValueError(f"use_cache=False: {method} continues from the cache at every step")
     unsupported = set(model_kwargs) - ACCEPTED_MODEL_KWARGS
     if unsupported:
         raise ValueError(f"unsupported model inputs for {method}: {sorted(unsupported)}")
-    if cache is not None and cache.get_seq_length() > 0:
+    if cache is not None and _cache.fields(cache):
         raise ValueError(f"the cache already holds tokens: {method} starts from the prompt; pass the prompts as "
                          "input_ids and no filled cache")
     if synced_gpus:

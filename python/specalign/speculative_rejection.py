@@ -281,7 +281,7 @@ class SpeculativeRejection:
         name = type(self).__name__
         _hf.check_model("model", model)
         cache = _hf.new_cache(model, _compat.pop_generate_cache(model_kwargs))
-        prompt_mask = _hf.check_call(name, generation_config, synced_gpus, streamer, model_kwargs, cache)
+        prompt_mask = _hf.check_call(name, model, generation_config, synced_gpus, streamer, model_kwargs, cache)
         self._check_generation(model, generation_config)
         _hf.check_prompts(input_ids, prompt_mask)
         input_ids = input_ids.to(model.device)

@@ -139,7 +139,7 @@ class SpeculativeSampling:
     def __call__(self, model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
                  synced_gpus=False, streamer=None, **model_kwargs):
         cache = _compat.pop_generate_cache(model_kwargs)
-        attention_mask = _hf.check_call(type(self).__name__, generation_config, synced_gpus, streamer, model_kwargs,
+        attention_mask = _hf.check_call(type(self).__name__, model, generation_config, synced_gpus, streamer, model_kwargs,
                                         cache)
         decoder = _Decoder(self, model, list(logits_processor or []), list(stopping_criteria or []),
                            generation_config)
