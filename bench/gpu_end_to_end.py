@@ -10,13 +10,13 @@ heads / 8 KV heads, MLP 8192, tied embeddings). Every run samples (temperature 1
 EOS, so every row runs to ``max_new_tokens``; each figure is one timed run after a short warm-up.
 
 spr: Speculative Rejection, one 32-token prompt, N = 512, alpha = 0.5, ``max_new_tokens`` 128, the
-   KV-cache budget schedule (``memory_budget`` = the cache of 512 rows at 32 + 32 tokens: decisions
-   at 32 and 96 new tokens), reward model on the GPU. Rows decoded per second against Best-of-N at
-   the same N. Then, at each decision's shape (rows, kept, cached tokens), one ``ops.compact_rows``
-   of all 64 cache tensors and the per-row state against re-prefilling the survivors into a fresh
-   cache (what the reference implementation does every round). Last, a probe of the default
-   budget, the device's free memory: a ballast leaves free memory for a first decision at 16 new
-   tokens, and the run either completes or runs out of memory.
+   budget schedule in tokens (``max_batch_tokens`` = 512 rows x (32 + 32): decisions at 32 and 96
+   new tokens), reward model on the GPU. Rows decoded per second against Best-of-N at the same N.
+   Then, at each decision's shape (rows, kept, cached tokens), one ``ops.compact_rows`` of all 64
+   cache tensors and the per-row state against re-prefilling the survivors into a fresh cache (what
+   the reference implementation does every round). Last, the CUDA default budget (a share of the
+   device's free memory, in bytes of working memory) with a ballast leaving 17 GB free: the
+   schedule it gives 512 rows, rows per second, peak memory, and whether it completes.
 sps: batched speculative sampling, K = 4, 32-token prompts, 64 new tokens, B in {1, 8, 32, 64}:
    tokens/s of plain ``generate``, specalign with the 1B draft and with draft = target (the
    acceptance bracket: random weights accept what they accept), HF assisted generation at B = 1
@@ -34,7 +34,6 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, LlamaForSe
 
 from specalign import BestOfN, RewardModel, RewardShiftedSpeculativeSampling, SpeculativeRejection, SpeculativeSampling
 from specalign import _compat, ops
-from specalign.speculative_rejection import kv_bytes_per_token
 
 PAD, BOS, EOS = 0, 1, 2
 LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -45,9 +44,9 @@ TINY_BIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_
                 num_key_value_heads=2, head_dim=16, vocab_size=512, tie_word_embeddings=False)
 TINY_SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=8, vocab_size=512, tie_word_embeddings=True)
-FULL = dict(big=LLAMA_8B, small=LLAMA_1B, prompt=32, n=512, spr_tokens=128, first_decision=32, probe_decision=16,
+FULL = dict(big=LLAMA_8B, small=LLAMA_1B, prompt=32, n=512, spr_tokens=128, first_decision=32, free_bytes=17 << 30,
             batches=(1, 8, 32, 64), sps_tokens=64, num_draft=4)
-DRY = dict(big=TINY_BIG, small=TINY_SMALL, prompt=8, n=16, spr_tokens=16, first_decision=4, probe_decision=4,
+DRY = dict(big=TINY_BIG, small=TINY_SMALL, prompt=8, n=16, spr_tokens=16, first_decision=4, free_bytes=0,
            batches=(1, 2), sps_tokens=8, num_draft=4)
 SAMPLING = dict(do_sample=True, temperature=1.0, top_k=0, eos_token_id=None, pad_token_id=PAD)
 
@@ -67,6 +66,12 @@ def build(shape: dict, device: torch.device, seed: int, classifier: bool = False
     if model.dtype != torch.bfloat16:
         raise RuntimeError(f"the model was built in {model.dtype}, not bfloat16")
     return model.eval()
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes of KV cache per cached token of one row: keys and values of every layer."""
+    config = model.config
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * model.dtype.itemsize
 
 
 def sync(device: torch.device):
@@ -99,9 +104,10 @@ def spr_run(generator, method, ids, max_new_tokens):
                               max_new_tokens=max_new_tokens, return_dict_in_generate=True, **SAMPLING)
 
 
-def spr_methods(results: Results, generator, reward, ids, shape, budget, device, deadline):
+def spr_methods(results: Results, generator, reward, ids, shape, device, deadline):
+    tokens = shape["n"] * (shape["prompt"] + shape["first_decision"])
     methods = {"Speculative Rejection": lambda: SpeculativeRejection(reward, n=shape["n"], alpha=0.5,
-                                                                      memory_budget=budget, seed=0),
+                                                                      max_batch_tokens=tokens, seed=0),
                "Best-of-N": lambda: BestOfN(reward, n=shape["n"], seed=0)}
     # Warm-up: prefill, replication, decoding, scoring and one compaction of N rows.
     spr_run(generator, SpeculativeRejection(reward, n=shape["n"], alpha=0.5, decision_tokens=(1,), seed=0), ids, 2)
@@ -164,28 +170,30 @@ def compaction_vs_reprefill(results: Results, generator, out, shape, device, dea
             torch.cuda.empty_cache()
 
 
-def default_budget_probe(results: Results, generator, reward, ids, shape, device):
-    """The default budget is the device's free memory: with a ballast leaving just the first decision's
-    cache free, does a run complete? (It also needs room for logits, activations and the reward model.)"""
-    kv = kv_bytes_per_token(generator)
-    wanted = kv * shape["n"] * (shape["prompt"] + shape["probe_decision"])
+def default_budget_run(results: Results, generator, reward, ids, shape, device):
+    """The default budget, a share of the device's free memory: with a ballast leaving
+    ``shape["free_bytes"]`` free, the schedule it gives N rows, its speed and its peak memory."""
     torch.cuda.empty_cache()
-    free = torch.cuda.mem_get_info(device)[0]
-    ballast = torch.empty(max(free - wanted, 0), dtype=torch.uint8, device=device)
-    outcome, decisions = "completed", None
+    ballast = torch.empty(max(torch.cuda.mem_get_info(device)[0] - shape["free_bytes"], 0), dtype=torch.uint8,
+                          device=device)
+    torch.cuda.reset_peak_memory_stats(device)
+    row = dict(free_GB=torch.cuda.mem_get_info(device)[0] / 1e9, N=shape["n"], new_tokens=shape["spr_tokens"])
     try:
-        out = spr_run(generator, SpeculativeRejection(reward, n=shape["n"], alpha=0.5, seed=0), ids,
-                      2 * shape["probe_decision"])
-        decisions = out.decision_lengths
+        out, seconds = timed(device, lambda: spr_run(generator, SpeculativeRejection(reward, n=shape["n"], alpha=0.5,
+                                                                                     seed=0), ids, shape["spr_tokens"]))
+        row.update(outcome="completed", seconds=seconds, rows_per_s=out.rows_decoded / seconds,
+                   decisions=out.decision_lengths, batch_sizes=out.batch_sizes)
     except torch.cuda.OutOfMemoryError as error:
-        outcome = "out of memory: " + str(error).splitlines()[0][:160]
+        row.update(outcome="out of memory: " + str(error).splitlines()[0][:160])
+    except Exception as error:  # noqa: BLE001 - reported in the results like the other outcomes
+        row.update(outcome=f"failed: {error!r}"[:200])
     finally:
+        row.update(peak_GB=(torch.cuda.max_memory_allocated(device) - ballast.numel()) / 1e9)
         del ballast
         torch.cuda.empty_cache()
-    results.add_row("spr_default_budget", dict(free_GB_at_start=wanted / 1e9, N=shape["n"],
-                                               expected_first_decision=shape["probe_decision"], decisions=decisions,
-                                               outcome=outcome))
-    results.headline("spr", f"default budget (free memory) probe: {outcome[:90]}")
+    results.add_row("spr_default_budget", row)
+    results.headline("spr", f"default budget with {row['free_GB']:.0f} GB free: {row['outcome'][:60]}, decisions "
+                     f"{row.get('decisions')}, peak {row['peak_GB']:.1f} GB beyond the ballast")
 
 
 def spr(results: Results, shape: dict, device: torch.device, deadline: float):
@@ -200,8 +208,7 @@ def spr(results: Results, shape: dict, device: torch.device, deadline: float):
     generator = build(shape["big"], device, seed=0)
     reward = RewardModel(build(shape["small"], device, seed=1, classifier=True))
     ids = prompts(1, shape["prompt"], generator.config.vocab_size, device)
-    budget = kv_bytes_per_token(generator) * shape["n"] * (shape["prompt"] + shape["first_decision"])
-    outputs = spr_methods(results, generator, reward, ids, shape, budget, device, deadline)
+    outputs = spr_methods(results, generator, reward, ids, shape, device, deadline)
     rows = {row["method"]: row for row in results.data["sections"]["spr"]["rows"]}
     if "Speculative Rejection" in rows:
         row = rows["Speculative Rejection"]
@@ -212,11 +219,12 @@ def spr(results: Results, shape: dict, device: torch.device, deadline: float):
         ratios = [r["ratio"] for r in results.data["sections"]["spr_compaction"]["rows"]]
         if ratios:
             results.headline("spr", f"compaction vs re-prefill per decision: {min(ratios):.0f}-{max(ratios):.0f}x")
-    results.section("spr_default_budget", "Default memory budget (the device's free memory): probe")
+    results.section("spr_default_budget", "Speculative Rejection under the default budget (a share of free memory)",
+                    ["a ballast leaves the free memory shown; peak: allocated beyond the ballast, weights included"])
     if device.type != "cuda":
         results.add_note("spr_default_budget", "skipped: no CUDA device")
     elif not out_of_time(deadline, 30):
-        default_budget_probe(results, generator, reward, ids, shape, device)
+        default_budget_run(results, generator, reward, ids, shape, device)
 
 
 # --- speculative sampling ----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from conftest import assert_same_output
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from specalign import RewardModel, RewardShiftedSpeculativeSampling, SpeculativeRejection, SpeculativeSampling, ops
-from specalign.speculative_rejection import kv_bytes_per_token
+from specalign import speculative_rejection
 
 CUDA = torch.device("cuda")
 pytestmark = [
@@ -248,30 +248,31 @@ def test_speculative_rejection_on_cuda_matches_cpu(generators):
     assert torch.equal(cuda_out.candidate_rewards, cpu_out.candidate_rewards)
 
 
-def test_memory_budget_on_cuda_is_the_token_budget(generators):
-    """Bytes on CUDA give the schedule of the same budget in tokens on the CPU."""
-    cpu_model, cuda_model = generators
-    tokens = 2 * spr_tests.N * (spr_tests.PROMPTS.shape[1] + 3)  # first decision after 3 new tokens
-    cuda_out = rejection_run(cuda_model, spr_tests.spr(memory_budget=kv_bytes_per_token(cuda_model) * tokens))
-    cpu_out = rejection_run(cpu_model, spr_tests.spr(max_batch_tokens=tokens))
-    assert cpu_out.decision_lengths[:1] == [3]
-    assert_same_rejection_run(cuda_out, cpu_out)
+# Bytes of working memory in which the tiny float64 generator's 16 rows outgrow the budget within a few tokens.
+SMALL_BUDGET = 220_000
 
 
-def test_default_budget_on_cuda_is_the_free_device_memory(generators, monkeypatch):
-    """Without a budget, the schedule comes from torch.cuda.mem_get_info of the model's device."""
+def test_byte_budget_on_cuda_gives_the_cpu_schedule(generators):
     cpu_model, cuda_model = generators
-    tokens = 2 * spr_tests.N * (spr_tests.PROMPTS.shape[1] + 3)
+    cpu_out = rejection_run(cpu_model, spr_tests.spr(memory_budget=SMALL_BUDGET))
+    assert cpu_out.decision_lengths, "the budget should force decisions"
+    assert_same_rejection_run(rejection_run(cuda_model, spr_tests.spr(memory_budget=SMALL_BUDGET)), cpu_out)
+
+
+def test_default_budget_on_cuda_reads_the_free_device_memory(generators, monkeypatch):
+    """Without a budget, a share of torch.cuda.mem_get_info of the model's device, less a reserve."""
+    cpu_model, cuda_model = generators
     asked = []
 
     def mem_get_info(device=None):
         asked.append(torch.device(device))
-        return kv_bytes_per_token(cuda_model) * tokens, 80 << 30
+        free = speculative_rejection.CUDA_RESERVE_BYTES + int(SMALL_BUDGET / speculative_rejection.DEFAULT_BUDGET_SHARE)
+        return free, 80 << 30
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
     cuda_out = rejection_run(cuda_model, spr_tests.spr())
     assert asked and all(device.type == "cuda" for device in asked)
-    assert_same_rejection_run(cuda_out, rejection_run(cpu_model, spr_tests.spr(max_batch_tokens=tokens)))
+    assert_same_rejection_run(cuda_out, rejection_run(cpu_model, spr_tests.spr(memory_budget=SMALL_BUDGET)))
 
 
 def test_reward_model_on_cuda(generators):
