@@ -2,7 +2,8 @@
 import os
 
 # Before anything imports triton or specalign: Triton kernels then run on CPU tensors (slowly).
-os.environ["TRITON_INTERPRET"] = "1"
+# TRITON_INTERPRET=0 (set by bench/gpu_run.sh for tests/test_cuda.py) keeps the compiled kernels.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
