@@ -15,5 +15,5 @@ if ! PYTHONPATH=$SITE "$PY" -c "import transformers, sys; sys.exit(transformers.
         transformers huggingface_hub httpx httpcore
 fi
 PYTHONPATH=$SITE "$PY" -c "import transformers; print('transformers', transformers.__version__)"
-PYTHONPATH=$SITE exec "$PY" -m pytest -q tests/test_architectures.py tests/test_speculative_sampling.py \
+PYTHONPATH=$SITE exec "$PY" -m pytest -q tests/test_speculative_sampling.py tests/test_memory_and_inputs.py \
     tests/test_reward_shifted.py tests/test_speculative_rejection.py tests/test_reward_model.py "$@"
