@@ -4,11 +4,14 @@
     specalign generate --model DIR --method {bon,spr,sd,sss} [--reward-model DIR]
                        [--draft DIR --ref-draft DIR] --prompt TEXT [--prompt TEXT ...]
     specalign bench [--suite cpu|spr|sd] [ARGS passed to the suite]
+    specalign run --input FILE.jsonl --output FILE.jsonl --method {bon,spr,sd,sss} (--world | --model DIR ...)
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import subprocess
 import sys
 import time
@@ -184,6 +187,128 @@ def bench(args) -> int:
     return code
 
 
+# --- specalign run: data-parallel generation over a JSONL dataset (specalign/run.py) ---------------
+
+def _run_models(args, device):
+    """(generator, tokenizer, reward model, draft, reference draft) of ``specalign run``, on ``device``."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from specalign import RewardModel
+
+    if args.world:
+        from specalign.world import load_world
+
+        world = load_world(device)
+        draft = world.aligned_draft if args.method == "sss" else world.draft
+        return (world.target, world.tokenizer, RewardModel(world.reward_model, world.reward_tokenizer), draft,
+                world.draft)
+    if not args.model:
+        raise SystemExit("specalign run needs --model DIR (or --world)")
+    if args.method in ("bon", "spr") and not args.reward_model:
+        raise SystemExit(f"--method {args.method} needs --reward-model DIR")
+    if args.method in ("sd", "sss") and (not args.draft or (args.method == "sss" and not args.ref_draft)):
+        raise SystemExit("--method sd needs --draft DIR; --method sss needs --draft DIR (aligned) and --ref-draft DIR")
+
+    def causal_lm(path):
+        return AutoModelForCausalLM.from_pretrained(path).to(device).eval() if path else None
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # batches of prompts are left-padded
+    reward = None
+    if args.reward_model:
+        has_tokenizer = any((Path(args.reward_model) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+        reward_tokenizer = AutoTokenizer.from_pretrained(args.reward_model) if has_tokenizer else tokenizer
+        reward = RewardModel(AutoModelForSequenceClassification.from_pretrained(args.reward_model).to(device).eval(),
+                             reward_tokenizer, generator_tokenizer=tokenizer)
+    return causal_lm(args.model), tokenizer, reward, causal_lm(args.draft), causal_lm(args.ref_draft)
+
+
+def _run_prompts(args):
+    from specalign.run import Prompt, read_prompts
+
+    if args.input:
+        return read_prompts(args.input, id_field=args.id_field, prompt_field=args.prompt_field)
+    if args.world:
+        from specalign.world import WORLD_DIR
+
+        return [Prompt(i, text) for i, text in enumerate(json.loads((WORLD_DIR / "prompts.json").read_text()))]
+    raise SystemExit("specalign run needs --input FILE (or --world, to run the world's prompts)")
+
+
+def _run_method(args, tokenizer, reward, draft, ref_draft):
+    from specalign import BestOfN, RewardShiftedSpeculativeSampling, SpeculativeRejection, SpeculativeSampling
+
+    if args.method == "bon":
+        return BestOfN(reward, n=args.n, max_batch_tokens=args.max_batch_tokens)
+    if args.method == "spr":
+        return SpeculativeRejection(reward, n=args.n, alpha=args.alpha, decision_tokens=args.decision_tokens,
+                                    max_batch_tokens=args.max_batch_tokens)
+    if args.method == "sd":
+        return SpeculativeSampling(draft, num_draft_tokens=args.num_draft_tokens, tokenizer=tokenizer)
+    return RewardShiftedSpeculativeSampling(draft, ref_draft, num_draft_tokens=args.num_draft_tokens, tokenizer=tokenizer)
+
+
+def run(args) -> int:
+    import torch.distributed as dist
+
+    from specalign.run import init_distributed, run_dataset
+
+    if args.world and (args.model or args.draft or args.ref_draft or args.reward_model):
+        raise SystemExit("give --world or model folders, not both")
+    prompts = _run_prompts(args)
+    launched = "WORLD_SIZE" in os.environ and not dist.is_initialized()
+    device = init_distributed()
+    try:
+        model, tokenizer, reward, draft, ref_draft = _run_models(args, device)
+        models = {"world": True} if args.world else {
+            name: str(Path(path).resolve()) for name, path in (("model", args.model), ("reward_model", args.reward_model),
+                                                               ("draft", args.draft), ("ref_draft", args.ref_draft)) if path}
+        generate_kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k)
+        summary = run_dataset(prompts, args.output, model=model, tokenizer=tokenizer,
+                              method=_run_method(args, tokenizer, reward, draft, ref_draft),
+                              generate_kwargs=generate_kwargs, reward_model=reward, batch_size=args.batch_size,
+                              seed=args.seed, config={"models": models}, progress=not args.quiet)
+    except ValueError as error:  # options that do not fit, or an output written with other options
+        raise SystemExit(f"specalign run: {error}") from None
+    finally:
+        if launched:
+            dist.destroy_process_group()
+    if summary is not None:
+        print(f"[{METHOD_NAMES[args.method]}] {summary.format()}; results in {args.output}", file=sys.stderr)
+    return 0
+
+
+def _add_run_parser(commands) -> None:
+    p = commands.add_parser("run", help="a method over a JSONL dataset, data-parallel under torchrun, resumable")
+    p.add_argument("--input", help='JSONL prompts, one {"id": ..., "prompt": "..."} per line')
+    p.add_argument("--output", required=True, help="JSONL results; a rerun of the same command resumes it")
+    p.add_argument("--method", required=True, choices=sorted(METHOD_NAMES))
+    p.add_argument("--world", action="store_true", help="the bundled world's models (and prompts, without --input)")
+    p.add_argument("--model", help="target / generator model folder")
+    p.add_argument("--tokenizer", help="tokenizer folder, if not in --model (also the reward model's, if it has none)")
+    p.add_argument("--reward-model", help="sequence-classification reward model folder (bon, spr; scores sd, sss)")
+    p.add_argument("--draft", help="draft model folder (sd; the aligned draft for sss)")
+    p.add_argument("--ref-draft", help="unaligned draft model folder (sss)")
+    p.add_argument("--id-field", default="id")
+    p.add_argument("--prompt-field", default="prompt")
+    # --num-samples: torchrun's parser reads "--n" as an ambiguous abbreviation of its own options.
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=16, help="samples per prompt (bon, spr)")
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--decision-tokens", type=int, nargs="+", default=None,
+                   help="Speculative Rejection decision points in new tokens (or give --max-batch-tokens)")
+    p.add_argument("--max-batch-tokens", type=int, default=None,
+                   help="Speculative Rejection / Best-of-N KV budget in tokens (rows times width)")
+    p.add_argument("--num-draft-tokens", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=1, help="prompts per generate call (sd, sss)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the run's seed; each prompt's seed hashes it with the id")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="specalign", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -226,6 +351,8 @@ def main(argv=None) -> int:
     p = commands.add_parser("bench", help="run the benchmark suites and print their tables")
     p.add_argument("--suite", choices=sorted(BENCH_SUITES))
     p.set_defaults(run=bench)
+
+    _add_run_parser(commands)
 
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "bench":
