@@ -240,10 +240,10 @@ def _run_method(args, tokenizer, reward, draft, ref_draft):
     from specalign import BestOfN, RewardShiftedSpeculativeSampling, SpeculativeRejection, SpeculativeSampling
 
     if args.method == "bon":
-        return BestOfN(reward, n=args.n, max_batch_tokens=args.max_batch_tokens)
+        return BestOfN(reward, n=args.n, memory_budget=args.memory_budget, max_batch_tokens=args.max_batch_tokens)
     if args.method == "spr":
         return SpeculativeRejection(reward, n=args.n, alpha=args.alpha, decision_tokens=args.decision_tokens,
-                                    max_batch_tokens=args.max_batch_tokens)
+                                    memory_budget=args.memory_budget, max_batch_tokens=args.max_batch_tokens)
     if args.method == "sd":
         return SpeculativeSampling(draft, num_draft_tokens=args.num_draft_tokens, tokenizer=tokenizer)
     return RewardShiftedSpeculativeSampling(draft, ref_draft, num_draft_tokens=args.num_draft_tokens, tokenizer=tokenizer)
@@ -296,9 +296,11 @@ def _add_run_parser(commands) -> None:
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=16, help="samples per prompt (bon, spr)")
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--decision-tokens", type=int, nargs="+", default=None,
-                   help="Speculative Rejection decision points in new tokens (or give --max-batch-tokens)")
+                   help="Speculative Rejection decision points in new tokens (at the latest, the budget places them)")
+    p.add_argument("--memory-budget", type=int, default=None,
+                   help="Speculative Rejection / Best-of-N working-memory budget in bytes (spr: this or --max-batch-tokens)")
     p.add_argument("--max-batch-tokens", type=int, default=None,
-                   help="Speculative Rejection / Best-of-N KV budget in tokens (rows times width)")
+                   help="the budget in cached tokens (rows times width) instead of bytes")
     p.add_argument("--num-draft-tokens", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=1, help="prompts per generate call (sd, sss)")
     p.add_argument("--max-new-tokens", type=int, default=64)

@@ -17,7 +17,8 @@ never of the rank, the batch or its position. A unit's result is therefore a fun
 and the configuration only, which is what makes a sharded or resumed run give a one-process run's
 results token for token. With one prompt per call (Best-of-N and Speculative Rejection always,
 speculative sampling with ``batch_size=1``) a prompt's result depends on nothing but its id, its text
-and the configuration. With larger batches each row still has its own seed, so rows are independent
+and the configuration (Speculative Rejection's memory budget included: see :func:`run_dataset`).
+With larger batches each row still has its own seed, so rows are independent
 in exact arithmetic, but batched kernels may round differently for another batch composition; the
 units being fixed keeps even that identical across world sizes and restarts.
 
@@ -101,15 +102,11 @@ def read_prompts(path: str | Path, *, id_field: str = "id", prompt_field: str = 
     return prompts
 
 
-def prompt_seed(base_seed: int, prompt_id: str | int, bits: int) -> int:
-    """The seed of prompt ``prompt_id``: SHA-256 of the run's seed and the id, as a ``bits``-bit int.
-
-    ``bits=31`` gives ``[0, 2**31)`` (Best-of-N, Speculative Rejection); ``bits=64`` a signed int64
-    (speculative sampling's row seeds). Ids 1 and "1" are different ids with different seeds.
-    """
+def prompt_seed(base_seed: int, prompt_id: str | int) -> int:
+    """The seed of prompt ``prompt_id``: the first 8 bytes of SHA-256 of the run's seed and the id,
+    as a signed int64. Ids 1 and "1" are different ids with different seeds."""
     digest = hashlib.sha256(f"{base_seed}\0{json.dumps(prompt_id)}".encode()).digest()
-    value = int.from_bytes(digest[:8], "little") >> (64 - bits)
-    return value - (1 << 64) if bits == 64 and value >> 63 else value
+    return int.from_bytes(digest[:8], "little", signed=True)
 
 
 def init_distributed() -> torch.device:
@@ -157,9 +154,11 @@ def run_dataset(
         model, tokenizer: the generator on this rank's device, and its tokenizer.
         method: a :class:`~specalign.BestOfN`, :class:`~specalign.SpeculativeRejection`,
             :class:`~specalign.SpeculativeSampling` or :class:`~specalign.RewardShiftedSpeculativeSampling`;
-            its own ``seed`` is replaced by the prompts' seeds. Speculative Rejection needs an explicit
-            ``n`` and ``decision_tokens``, ``max_batch_tokens`` or ``memory_budget``: decisions sized
-            from a device's free memory would make a prompt's result depend on where it ran.
+            its own ``seed`` is replaced by the prompts' seeds. Speculative Rejection needs a
+            ``memory_budget`` or ``max_batch_tokens`` (Best-of-N an ``n``): the default budget, a share
+            of the memory free when a call starts, would place decision points, and so make a
+            prompt's result depend on where it ran. A CUDA out-of-memory error inside a call forces
+            an early decision too: give a budget the device can hold.
         generate_kwargs: passed to ``model.generate`` (``do_sample=True`` by default).
         reward_model: scores speculative sampling's answers (Best-of-N and Speculative Rejection
             report their reward model's score of the chosen answer); ``None``: reward ``null``.
@@ -247,7 +246,7 @@ class _Job:
     def generate(self, model, tokenizer, unit: list[Prompt]) -> list[dict]:
         """One ``generate`` call on ``unit``: a result record per prompt."""
         speculative = self.name in ("sd", "sss")
-        seeds = [prompt_seed(self.seed, p.id, 64 if speculative else 31) for p in unit]
+        seeds = [prompt_seed(self.seed, p.id) for p in unit]
         method = copy.copy(self.method)
         method.seed = torch.tensor(seeds) if speculative else seeds[0]
         inputs = tokenizer([p.text for p in unit], return_tensors="pt", padding=True, padding_side="left")
@@ -286,11 +285,14 @@ def _method_config(method) -> tuple[str, dict]:
 
     if isinstance(method, SpeculativeRejection):
         name = "bon" if isinstance(method, BestOfN) else "spr"
+        # Without a budget of its own, the default one is a share of the memory free when a call
+        # starts: it would size n and place decision points differently from rank to rank. (Best-of-N
+        # past a budget only splits the batch, and each row keeps its seed.)
         budget = method.max_batch_tokens is not None or method.memory_budget is not None
-        if not budget and (method.n is None or method.decision_tokens is None):
+        if not budget and (method.n is None or method.alpha > 0):
             raise ValueError(
-                f"{type(method).__name__} would size n or its decision points from the device's free memory, so a "
-                "prompt's result would depend on where it ran: give n and decision_tokens, or max_batch_tokens"
+                f"{type(method).__name__} without memory_budget or max_batch_tokens sizes its run from the memory free "
+                "when a call starts, so a prompt's result would depend on where it ran: give one (and n)"
             )
         settings = dict(n=method.n, alpha=method.alpha, decision_tokens=method.decision_tokens,
                         max_batch_tokens=method.max_batch_tokens, memory_budget=method.memory_budget)
