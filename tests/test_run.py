@@ -148,6 +148,24 @@ def test_a_finished_run_rerun_generates_nothing_and_keeps_its_output(world, refe
     assert summary.tokens_generated == sum(r["stats"]["tokens_generated"] for r in reference["sss"])
 
 
+def test_a_merge_cut_short_is_finished_but_two_results_for_one_id_are_refused(world, reference, tmp_path):
+    lines = [json.dumps({**r, "stats": {**r["stats"], "seconds": 0.0}}) + "\n" for r in reference["spr"]]
+    output, parts = tmp_path / "spr.jsonl", tmp_path / "spr.jsonl.parts"
+    parts.mkdir()
+    # Killed after the output was renamed into place, before the parts were removed.
+    output.write_text("".join(lines))
+    (parts / "rank-00000.jsonl").write_text("".join(lines[:2]))
+    assert _run(world, output, "spr").generated_now == 0
+    assert output.read_text() == "".join(lines) and not parts.exists()
+    # The same id in two part files: two runs wrote to one output.
+    output.unlink()
+    parts.mkdir()
+    (parts / "rank-00000.jsonl").write_text(lines[1])
+    (parts / "rank-00001.jsonl").write_text(lines[1])
+    with pytest.raises(ValueError, match="rank-00001.jsonl:1: id 'p1' already has a result"):
+        _run(world, output, "spr")
+
+
 def test_a_prompts_result_depends_on_its_id_not_on_order_or_company(world, reference, tmp_path):
     """One prompt per call: a shuffled subset of the prompts gives the same results for them."""
     subset = _prompts(world)[2:7]

@@ -1,7 +1,7 @@
 """Generation over a dataset, one process per device: data-parallel, resumable and loss-free.
 
     torchrun --nproc-per-node 8 -m specalign.cli run --input prompts.jsonl --output results.jsonl \\
-        --method spr --model DIR --reward-model DIR --n 64 --decision-tokens 32 64
+        --method spr --model DIR --reward-model DIR --num-samples 64 --max-batch-tokens 262144
 
 :func:`run_dataset` is the library form. Launched by ``torchrun`` or ``accelerate launch``, every rank
 joins the ``torch.distributed`` group the launcher describes (:func:`init_distributed`: NCCL on CUDA,
@@ -387,7 +387,7 @@ class _ResultFiles:
                 key = record["id"]
                 # An id in the output and a part is a merge cut short before the parts were removed.
                 if key in in_parts or (key in results and results[key] != record):
-                    raise ValueError(f"{path}:{number}: a second, different result for id {key!r}; "
+                    raise ValueError(f"{path}:{number}: id {key!r} already has a result; "
                                      "was another run writing to the same output?")
                 in_parts.add(key)
                 results[key] = record
