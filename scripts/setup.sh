@@ -122,7 +122,7 @@ installed_here() {
 }
 if [ "$(cat .setup-stamp 2>/dev/null)" != "$stamp_now" ] || ! installed_here; then
     say "building the C++ extension against torch $("$PY" -c 'import torch; print(torch.__version__)')" \
-        "(2 to 8 minutes on 2 cores)"
+        "(about 7 CPU-minutes: 3 to 4 minutes on 2 idle cores, longer on a busy machine)"
     started=$SECONDS
     MAX_JOBS=${MAX_JOBS:-2} pip_quietly install -v --no-build-isolation --no-deps -e .
     echo "$stamp_now" > .setup-stamp
