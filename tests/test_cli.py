@@ -35,7 +35,8 @@ def run_json(capsys, *argv):
 
 @pytest.mark.parametrize("command", ["demo", "generate"])
 def test_every_option_has_help_and_shows_its_default(command):
-    parser = command_parser(command, "--method", "sd", "--prompt", "x") if command == "generate" else command_parser(command)
+    required = ["--method", "sd", "--prompt", "x"] if command == "generate" else []
+    parser = command_parser(command, *required)
     for action in parser._actions:
         assert action.help, f"{command} {action.option_strings} has no help text"
         has_default = action.default not in (None, False, argparse.SUPPRESS)
@@ -45,7 +46,8 @@ def test_every_option_has_help_and_shows_its_default(command):
 
 def test_generate_help_spells_out_the_methods_and_the_world(capsys):
     text = help_text("generate", capsys=capsys)
-    for spelled_out in ("Best-of-N", "Speculative Rejection", "speculative sampling", "reward-shifted speculative sampling"):
+    for spelled_out in ("Best-of-N", "Speculative Rejection", "speculative sampling",
+                        "reward-shifted speculative sampling"):
         assert spelled_out in text
     for option in ("--n", "--alpha", "--prompt", "--num-draft-tokens", "--max-new-tokens", "--temperature", "--top-k",
                    "--greedy", "--seed", "--memory-budget", "--world", "--json", "--quiet", "--threads"):

@@ -111,8 +111,8 @@ def make_method(name, args, *, reward=None, draft=None, ref_draft=None, tokenize
         return SpeculativeSampling(draft, num_draft_tokens=args.num_draft_tokens, seed=args.seed, tokenizer=tokenizer,
                                    progress=progress)
     if name == "sss":
-        return RewardShiftedSpeculativeSampling(draft, ref_draft, num_draft_tokens=args.num_draft_tokens, seed=args.seed,
-                                                tokenizer=tokenizer, progress=progress)
+        return RewardShiftedSpeculativeSampling(draft, ref_draft, num_draft_tokens=args.num_draft_tokens,
+                                                seed=args.seed, tokenizer=tokenizer, progress=progress)
     raise ValueError(f"unknown method {name!r}; expected one of {sorted(METHOD_NAMES)}")
 
 
@@ -175,8 +175,6 @@ def _folders(args, parser) -> dict[str, Path | None]:
     tokenizer_folder = Path(folders["tokenizer"] or folders["model"])
     if not any((tokenizer_folder / name).exists() for name in TOKENIZER_FILES):
         parser.error(f"{tokenizer_folder} has no tokenizer ({', '.join(TOKENIZER_FILES)}); give --tokenizer DIR")
-    if args.greedy and args.method in ("bon", "spr"):
-        parser.error(f"--greedy: {METHOD_NAMES[args.method]} samples its N answers; greedy decoding is for sd and sss")
     return {role: None if folder is None else Path(folder) for role, folder in folders.items()}
 
 
@@ -220,7 +218,20 @@ def _statistics(output) -> dict:
     return {name: value for name, value in output.items() if isinstance(value, (int, float, list))}
 
 
+def _json_report(args, run: Generation, rewards, threads: int) -> dict:
+    results = [dict(prompt=prompt, text=answer, tokens=tokens) for prompt, answer, tokens
+               in zip(args.prompt, run.answers, run.answer_tokens)]
+    for result, reward in zip(results, rewards or []):
+        result["reward"] = reward
+    return dict(method=args.method, method_name=METHOD_NAMES[args.method], tokens_generated=run.tokens,
+                seconds=round(run.seconds, 4), cpu_seconds=round(run.cpu_seconds, 4), threads=threads,
+                statistics=_statistics(run.output), results=results)
+
+
 def generate(args) -> int:
+    if args.greedy and args.method in ("bon", "spr"):
+        args.parser.error(f"--greedy: {METHOD_NAMES[args.method]} samples its N answers; "
+                          "greedy decoding is for sd and sss")
     folders = _folders(args, args.parser)
     # The world's models are tiny: per-op overhead dominates, and a second thread only adds contention.
     threads = set_threads(1 if args.threads is None and args.world is not None else args.threads)
@@ -234,12 +245,7 @@ def generate(args) -> int:
     run = run_method(model, tokenizer, args.prompt, method, generate_kwargs)
     rewards = _answer_rewards(run, reward)
     if args.json:
-        results = [dict(prompt=prompt, text=answer, tokens=tokens, **({} if rewards is None else {"reward": rewards[i]}))
-                   for i, (prompt, answer, tokens) in enumerate(zip(args.prompt, run.answers, run.answer_tokens))]
-        report = dict(method=args.method, method_name=METHOD_NAMES[args.method], tokens_generated=run.tokens,
-                      seconds=round(run.seconds, 4), cpu_seconds=round(run.cpu_seconds, 4), threads=threads, statistics=_statistics(run.output),
-                      results=results)
-        print(json.dumps(report, indent=1))
+        print(json.dumps(_json_report(args, run, rewards, threads), indent=1))
         return 0
     for prompt, answer in zip(args.prompt, run.answers):
         print(f"{prompt}{answer}")
@@ -302,7 +308,8 @@ def _demo_parser(commands):
         description=_wrap("Runs target sampling, Best-of-N, Speculative Rejection, speculative sampling and SSS on "
                           "the bundled world's prompts, over several seeds, and writes results.md, results.json and "
                           "reward_vs_compute.png to --out. The headline is compute: tokens generated."))
-    p.add_argument("--prompts", type=positive_int, default=16, help="how many of the world's prompts (default: %(default)s)")
+    p.add_argument("--prompts", type=positive_int, default=16,
+                   help="how many of the world's prompts (default: %(default)s)")
     p.add_argument("--seeds", type=positive_int, default=3,
                    help="runs per setting, seeds --seed, --seed+1, ...; the table and plot show mean and spread "
                         "(default: %(default)s)")
@@ -333,8 +340,8 @@ def _demo_parser(commands):
 def _generate_parser(commands):
     p = commands.add_parser(
         "generate", formatter_class=_HelpFormatter, help="one method on local Hugging Face model folders",
-        description=f"{_wrap('Runs one method on a batch of prompts, with local Hugging Face model folders or a world.')}"
-                    f"\n\n{METHODS_HELP}\n\nThe bundled world (--world) lies in {BUNDLED_WORLD}")
+        description=_wrap("Runs one method on a batch of prompts, with local Hugging Face model folders or a world.")
+                    + f"\n\n{METHODS_HELP}\n\nThe bundled world (--world) lies in {BUNDLED_WORLD}")
     p.add_argument("--method", required=True, choices=sorted(METHOD_NAMES),
                    help="bon: Best-of-N, spr: Speculative Rejection, sd: speculative sampling, sss: reward-shifted "
                         "speculative sampling (see above)")
@@ -387,7 +394,8 @@ def _bench_parser(commands):
     suites = "\n".join(_wrap(meaning, initial_indent=f"  {name:<5}", subsequent_indent=" " * 7)
                        for name, (meaning, _) in BENCH_SUITES.items())
     p = commands.add_parser(
-        "bench", formatter_class=_HelpFormatter, help="run the benchmark suites of a source checkout", allow_abbrev=False,
+        "bench", formatter_class=_HelpFormatter, allow_abbrev=False,
+        help="run the benchmark suites of a source checkout",
         description=_wrap("Runs benchmark suites from the checkout's bench/ folder, in the current folder (so "
                           "output files land here), and prints their tables.") + f"\n\nsuites:\n{suites}\n\n"
                     + _wrap("Arguments this command does not know pass through to the suite, e.g. "
