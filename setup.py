@@ -5,9 +5,18 @@ Build against the torch already installed (no build isolation), e.g.
     python -m build --wheel --no-isolation
 """
 import glob
+from pathlib import Path
 
+import torch
 from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+# _C is compiled against the installed torch: require its release, and record the exact version for
+# the check at import (specalign/_built_torch.py) that names both versions when they differ.
+TORCH_RELEASE = torch.__version__.split("+")[0]
+(Path(__file__).parent / "python" / "specalign" / "_build_info.py").write_text(
+    f'"""Written by setup.py: the torch that specalign._C was compiled against."""\nTORCH_VERSION = "{torch.__version__}"\n'
+)
 
 cxx_flags = ["-O3", "-g0", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-std=c++17"]
 
@@ -28,7 +37,10 @@ setup(
         )
     ],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    install_requires=["torch", "triton", "transformers>=5.17,<5.25", "tokenizers", "safetensors", "tqdm", "matplotlib"],
-    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    install_requires=[f"torch=={TORCH_RELEASE}", "transformers>=5.17,<5.25", "tokenizers", "safetensors", "tqdm",
+                      "matplotlib"],
+    # Triton runs the CUDA kernels (CUDA builds of torch bring it along) and, under its interpreter,
+    # the kernel tests on CPU; a CPU-only install does without it.
+    extras_require={"test": ["pytest", "pytest-benchmark", "triton"], "gpu": ["triton"]},
     entry_points={"console_scripts": ["specalign=specalign.cli:main"]},
 )

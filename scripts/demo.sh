@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run the demo.
+# Set up (idempotent) and run the demo; arguments go to `specalign demo` (e.g. --quick, --out DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec "${PYTHON:-python3}" -m specalign.cli demo "$@"
+source scripts/python.sh  # the environment setup.sh installed into
+exec "$PY" -m specalign.cli demo "$@"

@@ -1,4 +1,6 @@
 """The methods on the bundled world, and the demo command that shows them."""
+import json
+
 import pytest
 import torch
 
@@ -57,10 +59,16 @@ def test_sss_beats_target_sampling_on_gold_reward(world):
 
 
 @pytest.mark.slow
-def test_quick_demo_prints_every_method_and_writes_the_plot(tmp_path, capsys):
+def test_quick_demo_prints_every_method_and_writes_table_and_plot(tmp_path, capsys):
     assert main(["demo", "--quick", "--quiet", "--out", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     for method in ["Target sampling", *METHOD_NAMES.values()]:
         assert method in table, f"{method} missing from the demo table:\n{table}"
+    assert (tmp_path / "results.md").read_text().strip() in table
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["seeds"] == [0, 1] and results["threads"] == 1
+    assert {r["method"] for r in results["results"]} == {"Target sampling", *METHOD_NAMES.values()}
+    for row in results["results"]:
+        assert len(row["gold_reward"]) == len(row["tokens_generated"]) == 2
     plot = tmp_path / "reward_vs_compute.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

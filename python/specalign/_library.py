@@ -11,7 +11,10 @@ import os
 
 import torch
 
-from specalign import _C  # noqa: F401  (defines torch.ops.specalign.* and registers the CPU kernels)
+from specalign import _built_torch
+
+_built_torch.check()  # before _C loads: under another torch it would fail obscurely
+from specalign import _C  # noqa: E402,F401  (defines torch.ops.specalign.* and registers the CPU kernels)
 
 # op name -> module of specalign.triton_kernels that implements it under the same name
 _TRITON_MODULES = {

@@ -1,11 +1,12 @@
 """Build the reference world from a seed, on CPU.
 
-    python -m specalign.world.train --out DIR [--seed 0] [--threads 2]
+    python -m specalign.world.train [--out out/world] [--seed 0] [--threads 2]
 
 Steps: a grammar corpus; a byte-level BPE tokenizer trained on it; a target and
 a smaller draft Llama trained on it; an aligned draft (the draft tuned with DPO
 on its own samples ranked by the gold reward); and a proxy reward model that
-regresses the gold reward. Everything is saved with save_pretrained under DIR.
+regresses the gold reward. Everything is saved with save_pretrained under DIR, the
+tokenizer in each model's folder too. A line is printed at least every PROGRESS_SECONDS.
 """
 
 import argparse
@@ -51,6 +52,17 @@ DRAFT_STEPS, DRAFT_LR = 400, 2e-3
 DPO_SAMPLES_PER_PROMPT, DPO_PAIRS_PER_PROMPT = 64, 16
 DPO_EPOCHS, DPO_LR, DPO_BETA, DPO_BATCH_PAIRS = 3, 1e-4, 0.1, 32
 REWARD_CORPUS_TEXTS, REWARD_STEPS, REWARD_LR = 20_000, 1200, 1e-3
+# Within a phase, a progress line at least this often (a step or a batch takes a few seconds at most).
+PROGRESS_SECONDS = 30
+_last_progress = time.monotonic()
+
+
+def progress(message: str, force: bool = False) -> None:
+    """Print ``message`` when ``force`` is set or nothing was printed for ``PROGRESS_SECONDS``."""
+    global _last_progress
+    if force or time.monotonic() - _last_progress >= PROGRESS_SECONDS:
+        print(message, flush=True)
+        _last_progress = time.monotonic()
 
 
 def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
@@ -141,8 +153,7 @@ def train_language_model(model, sequences, steps, lr, pad_id, seed):
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
-        if step % 250 == 0 or step == steps - 1:
-            print(f"  step {step:5d}  loss {loss.item():.3f}", flush=True)
+        progress(f"  step {step:5d}/{steps}  loss {loss.item():.3f}", force=step % 250 == 0 or step == steps - 1)
     model.eval()
 
 
@@ -173,6 +184,7 @@ def sample_replies(model, tokenizer, prompts, per_prompt, batch_size=512):
                 reply_ids = reply_ids[: reply_ids.index(tokenizer.eos_token_id) + 1]
             text = tokenizer.decode(prompt_ids + reply_ids, skip_special_tokens=True)
             samples.append((prompt_ids, reply_ids, text))
+        progress(f"  sampled {len(samples)}/{len(requests)} replies")
     return samples
 
 
@@ -216,7 +228,8 @@ def train_dpo(policy, reference, pairs, pad_id, seed):
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad()
-        print(f"  epoch {epoch}  loss {loss.item():.3f}  margin {margin.mean().item():.2f}", flush=True)
+            progress(f"  epoch {epoch}  pairs {start + len(chunk)}/{len(pairs)}  loss {loss.item():.3f}")
+        progress(f"  epoch {epoch}  loss {loss.item():.3f}  margin {margin.mean().item():.2f}", force=True)
     policy.eval()
 
 
@@ -234,8 +247,8 @@ def train_reward_model(model, tokenizer, texts, rewards, seed):
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
-        if step % 250 == 0 or step == REWARD_STEPS - 1:
-            print(f"  step {step:5d}  mse {loss.item():.3f}", flush=True)
+        progress(f"  step {step:5d}/{REWARD_STEPS}  mse {loss.item():.3f}",
+                 force=step % 250 == 0 or step == REWARD_STEPS - 1)
     model.eval()
 
 
@@ -273,7 +286,8 @@ def report_quality(tokenizer, target, draft, aligned_draft, reward_model, seed):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("out/world"),
+                        help="folder for the world (default: %(default)s; the bundled one is specalign/world/assets)")
     parser.add_argument("--seed", type=int, default=0)
     # On a machine shared with other jobs, 1 thread wastes far less time spin-waiting than 2.
     parser.add_argument("--threads", type=int, default=2)
@@ -283,7 +297,7 @@ def main():
     started = time.time()
 
     def phase(name):
-        print(f"[{time.time() - started:6.1f}s wall, {time.process_time():6.1f}s cpu] {name}", flush=True)
+        progress(f"[{time.time() - started:6.1f}s wall, {time.process_time():6.1f}s cpu] {name}", force=True)
 
     phase("corpus and tokenizer")
     corpus = [f"{prompt} {reply}" for prompt, reply in sample_corpus(CORPUS_SIZE + HELDOUT_SIZE, args.seed)]
@@ -327,6 +341,7 @@ def main():
     for name, model in [("target", target), ("draft", draft), ("aligned_draft", aligned_draft),
                         ("reward_model", reward_model)]:
         model.save_pretrained(args.out / name)
+        tokenizer.save_pretrained(args.out / name)  # each folder loads on its own (specalign generate --model)
         print(f"  {name}: {sum(p.numel() for p in model.parameters()):,} parameters")
     (args.out / "prompts.json").write_text(json.dumps(list(EVAL_PROMPTS), indent=1) + "\n")
 
@@ -334,7 +349,7 @@ def main():
     print(f"held-out loss: target {heldout_loss(target, heldout_sequences, pad_id):.4f}, "
           f"draft {heldout_loss(draft, heldout_sequences, pad_id):.4f}")
     report_quality(tokenizer, target, draft, aligned_draft, reward_model, args.seed + 5)
-    phase("done")
+    phase(f"done: specalign demo --world {args.out}, or specalign generate --world {args.out} ...")
 
 
 if __name__ == "__main__":
