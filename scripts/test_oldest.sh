@@ -5,8 +5,8 @@
 # PYTHONPATH, so it works from whichever environment scripts/setup.sh set up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-PY=${PYTHON:-python3}
+bash scripts/setup.sh --test
+source scripts/python.sh  # the environment setup.sh installed into
 SITE=.oldest-site
 if ! PYTHONPATH=$SITE "$PY" -c "import transformers, sys; sys.exit(transformers.__version__ != '5.17.0')" 2>/dev/null; then
     echo "installing transformers 5.17 into $SITE..."
