@@ -3,7 +3,7 @@
     specalign demo [--quick] [--out DIR]
     specalign generate --model DIR --method {bon,spr,sd,sss} [--reward-model DIR]
                        [--draft DIR --ref-draft DIR] --prompt TEXT [--prompt TEXT ...]
-    specalign bench [--suite cpu|spr|sd] [ARGS passed to the suite]
+    specalign bench [--suite ops|spr|sd] [ARGS passed to the suite]
 """
 from __future__ import annotations
 
@@ -165,9 +165,10 @@ def generate(args) -> int:
     return 0
 
 
-# suite -> the command that runs it from the checkout's root
+# suite -> the scripts that run it from the checkout's root
 BENCH_SUITES = {
-    "cpu": ["-m", "pytest", "-q", "-s", "bench/bench_cpu_ops.py", "--benchmark-only"],
+    "ops": [f"bench/bench_{op}.py" for op in
+            ("speculative_verify", "speculative_verify_probs", "sample", "compact_rows", "compact_columns")],
     "spr": ["bench/bench_speculative_rejection.py"],
     "sd": ["bench/bench_speculative_sampling.py"],
 }
@@ -179,8 +180,9 @@ def bench(args) -> int:
         raise SystemExit("specalign bench runs the suites of a source checkout (bench/ was not found next to the package)")
     code = 0
     for suite in [args.suite] if args.suite else BENCH_SUITES:
-        print(f"\n=== {suite} ===", flush=True)
-        code |= subprocess.call([sys.executable, *BENCH_SUITES[suite], *args.extra], cwd=root)
+        for script in BENCH_SUITES[suite]:
+            print(f"\n=== {suite}: {script} ===", flush=True)
+            code |= subprocess.call([sys.executable, script, *args.extra], cwd=root)
     return code
 
 

@@ -1,4 +1,4 @@
-"""Reward-Shifted Speculative Sampling (SSS, brief 2.2) as a drop-in ``generate`` decoding loop.
+"""Reward-Shifted Speculative Sampling (SSS; docs/math.md) as a drop-in ``generate`` decoding loop.
 
 ::
 

@@ -54,7 +54,7 @@ from transformers.generation import logits_process
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from specalign import _compat, _generation, ops, reference
+from specalign import _compat, _generation, ops
 
 # The draft's proposals use the row seed XOR this constant: a different Philox key from the verifier's.
 DRAFT_SEED_XOR = 0x5851F42D4C957F2D
@@ -280,7 +280,7 @@ def _generate(target, draft, ref_draft, draft_name, num_draft, seed, tokenizer, 
             )
         else:
             if sss:
-                target_scores = reference.shifted_target_logits(target_scores, draft_logits, ref_logits)
+                target_scores = ops.shifted_target_logits(target_scores, draft_logits, ref_logits)
             tokens = target_scores.argmax(-1)
             num_accepted = (draft_tokens == tokens[:, :-1]).long().cumprod(-1).sum(-1)
             num_emitted = num_accepted + 1
