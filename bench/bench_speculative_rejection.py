@@ -8,10 +8,10 @@ quality. Three tables:
 1. Speculative Rejection (alpha = 0.5, decision points from a KV budget) vs Best-of-N at equal N:
    tokens generated, decode rows (sum of the batch size over forward passes), reward-model calls and
    tokens scored, wall time.
-2. Per decision point of a Speculative Rejection run: the time of the one ``ops.compact_rows`` call
-   that compacts every cache layer and the state, vs re-prefilling the survivors from their ids into
-   a fresh cache (what the public reference implementation does every round), both measured at the
-   same point of the same run, and their ratio (fastest of 3 identical runs).
+2. At the shapes of a Speculative Rejection run's decision points (rows, kept rows, cached tokens):
+   the time of the one ``ops.compact_rows`` call that compacts every cache layer and the state, vs
+   re-prefilling the survivors from their ids into a fresh cache (what the public reference
+   implementation does every round), and their ratio (fastest of 3).
 3. Prefill: each prompt once, then its cache replicated n times, vs prefilling the n copies.
 """
 from __future__ import annotations
@@ -22,8 +22,7 @@ import time
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-from specalign import BestOfN, RewardModel, SpeculativeRejection, _compat
-from specalign import speculative_rejection as engine
+from specalign import BestOfN, RewardModel, SpeculativeRejection, _compat, ops
 
 PAD, EOS, BOS = 0, 1, 2
 
@@ -71,38 +70,36 @@ def compare_methods(generator, reward, ids, mask, args, budget):
 
 
 def compaction_vs_reprefill(generator, reward, ids, mask, args, budget, repeats=3):
-    runs = []
-    compact = engine._Batch.compact
-    cache_arg = _compat.cache_argument(generator)
-
-    def measured_compact(batch, keep, backend):
-        width = batch.prompt_width + int(batch.answer_lengths.max())
-        cached = width - 1  # the last sampled token is fed after the compaction either way
-        start = time.perf_counter()
-        generator(input_ids=batch.ids[keep, :cached], attention_mask=batch.mask[keep, :cached],
-                  use_cache=True, **{cache_arg: DynamicCache(config=generator.config)}, logits_to_keep=1)
-        reprefill = time.perf_counter() - start
-        rows = batch.ids.shape[0]
-        cache_bytes = sum(t.numel() * t.element_size() for layer in batch.cache.layers for t in (layer.keys, layer.values))
-        start = time.perf_counter()
-        compact(batch, keep, backend)
-        runs[-1].append((rows, len(keep), cached, cache_bytes, time.perf_counter() - start, reprefill))
-
-    engine._Batch.compact = measured_compact
-    try:
-        for _ in range(repeats):  # identical runs (same seeds); the fastest of each is kept
-            runs.append([])
-            run(generator, SpeculativeRejection(reward, n=args.n, alpha=0.5, max_batch_tokens=budget,
-                                                backend=args.backend), ids, mask, args.max_new_tokens)
-    finally:
-        engine._Batch.compact = compact
-    print(f"\n2. Per decision point, fastest of {repeats} identical runs: ops.compact_rows (all layers + state, one "
-          f"call, backend={args.backend}) vs re-prefilling the survivors")
+    """At the shapes of a run's decision points (rows, kept rows, cached tokens), the one compact_rows call
+    over every cache layer and the state tensors vs re-prefilling the kept rows into a fresh cache."""
+    method = SpeculativeRejection(reward, n=args.n, alpha=0.5, max_batch_tokens=budget, backend=args.backend)
+    out, _ = run(generator, method, ids, mask, args.max_new_tokens)
+    print(f"\n2. At each decision point of that run (fastest of {repeats}): ops.compact_rows (all layers + state, "
+          f"one call, backend={args.backend}) vs re-prefilling the survivors")
     print(f"{'rows':>6}{'kept':>6}{'cached tokens':>15}{'cache MiB':>11}{'compact ms':>12}{'re-prefill ms':>15}{'ratio':>8}")
-    for decision in zip(*runs):
-        rows, kept, cached, cache_bytes = decision[0][:4]
-        compact_s = min(r[4] for r in decision)
-        reprefill_s = min(r[5] for r in decision)
+    cache_arg = _compat.cache_argument(generator)
+    rows_per_round = zip(out.batch_sizes, out.batch_sizes[1:], out.decision_lengths)
+    for rows, kept, new_tokens in rows_per_round:
+        cached = ids.shape[1] + new_tokens - 1  # the last sampled token is fed after the compaction either way
+        sequences = torch.randint(3, generator.config.vocab_size, (rows, cached), generator=torch.Generator().manual_seed(rows))
+        cache = DynamicCache(config=generator.config)
+        with torch.no_grad():
+            generator(input_ids=sequences, use_cache=True, **{cache_arg: cache}, logits_to_keep=1)
+        state = [sequences, torch.ones_like(sequences), *(torch.zeros(rows, dtype=torch.long) for _ in range(4)),
+                 torch.zeros(rows, dtype=torch.bool)]  # ids, mask and per-row state, as the engine compacts them
+        tensors = [t for layer in cache.layers for t in (layer.keys, layer.values)] + state
+        keep = torch.randperm(rows, generator=torch.Generator().manual_seed(kept))[:kept].sort().values
+        compact_s = reprefill_s = float("inf")
+        for _ in range(repeats):  # the same keep moves the same bytes every time
+            start = time.perf_counter()
+            ops.compact_rows(tensors, keep, backend=args.backend)
+            compact_s = min(compact_s, time.perf_counter() - start)
+            start = time.perf_counter()
+            with torch.no_grad():
+                generator(input_ids=sequences[keep], use_cache=True, **{cache_arg: DynamicCache(config=generator.config)},
+                          logits_to_keep=1)
+            reprefill_s = min(reprefill_s, time.perf_counter() - start)
+        cache_bytes = sum(t.numel() * t.element_size() for t in tensors[: 2 * len(cache.layers)])
         print(f"{rows:>6}{kept:>6}{cached:>15}{cache_bytes / 2**20:>11.2f}{compact_s * 1e3:>12.2f}"
               f"{reprefill_s * 1e3:>15.1f}{reprefill_s / compact_s:>8.0f}")
 

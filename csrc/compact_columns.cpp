@@ -3,7 +3,7 @@
 #include <cstring>
 #include <vector>
 
-#include "cpu_utils.h"
+#include "strided_layout.h"
 #include "ops.h"
 
 namespace specalign {

@@ -2,7 +2,7 @@
 // one call covers mixed dtypes; any strides work, and contiguous rows move with memcpy.
 #include <vector>
 
-#include "cpu_utils.h"
+#include "strided_layout.h"
 #include "ops.h"
 
 namespace specalign {

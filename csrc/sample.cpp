@@ -1,7 +1,7 @@
 // sample: one Gumbel-max draw per row from softmax(logits), keyed by (seed, position).
 #include <vector>
 
-#include "cpu_utils.h"
+#include "categorical.h"
 #include "ops.h"
 
 namespace specalign {
@@ -21,7 +21,7 @@ at::Tensor sample_cpu(const at::Tensor& logits, const at::Tensor& seeds, const a
       std::vector<float> buffer(std::is_same_v<scalar_t, float> ? 0 : vocab);
       for (int64_t b = begin; b < end; ++b) {
         const float* row = as_float_row(data + b * vocab, vocab, buffer.data());
-        token[b] = gumbel_argmax(row, vocab, NoiseKey(seed[b], position[b], kStreamNoise));
+        token[b] = gumbel_argmax(row, vocab, StreamKey(seed[b], position[b], kStreamNoise));
       }
     });
   });

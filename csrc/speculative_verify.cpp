@@ -3,7 +3,7 @@
 #include <cmath>
 #include <vector>
 
-#include "cpu_utils.h"
+#include "categorical.h"
 #include "ops.h"
 
 namespace specalign {
@@ -18,34 +18,9 @@ SPECALIGN_ROW_PASS float logsumexp(const float* x, int64_t n) {
   return m + std::log(sum);
 }
 
-// An exponential race argmax_v w_v / E_v; `max_weight` tells an all-zero residual apart.
-struct Race {
-  int64_t index;
-  float max_weight;
-};
-
-// The race over weights that `fill(first, count, weights)` writes one block at a time. Inlined into
-// each row pass so that it is compiled for the pass's instruction set.
-template <typename FillWeights>
-__attribute__((always_inline)) inline Race exponential_race(int64_t n, const NoiseKey& noise, FillWeights fill) {
-  float weights[kBlock], keys[kBlock];
-  Argmax winner{0, 0.0f};  // keys are >= 0; an all-zero race picks index 0, as torch.argmax
-  float max_weight = 0.0f;
-  for (int64_t first = 0; first < n; first += kBlock) {
-    const int64_t count = std::min(kBlock, n - first);
-    fill(first, count, weights);
-    philox_uniforms(noise, first, count, keys);
-#pragma omp simd
-    for (int64_t i = 0; i < count; ++i) keys[i] = weights[i] / -simd_log(keys[i]);
-    winner.update(keys, first, count);
-    max_weight = std::max(max_weight, block_max(weights, count));
-  }
-  return {winner.index, max_weight};
-}
-
 // Residual norm(max(0, p - q)) with p = exp(a - lse_a), q = exp(d - lse_d).
 SPECALIGN_ROW_PASS Race residual_from_logits(const float* a, float lse_a, const float* d, float lse_d, int64_t n,
-                                             const NoiseKey& noise) {
+                                             const StreamKey& noise) {
   return exponential_race(n, noise, [=](int64_t first, int64_t count, float* weights) {
 #pragma omp simd
     for (int64_t i = 0; i < count; ++i) {
@@ -56,7 +31,7 @@ SPECALIGN_ROW_PASS Race residual_from_logits(const float* a, float lse_a, const 
 }
 
 // Residual norm(max(0, p - q)), or norm(p) when q is null.
-SPECALIGN_ROW_PASS Race race_from_probs(const float* p, const float* q, int64_t n, const NoiseKey& noise) {
+SPECALIGN_ROW_PASS Race race_from_probs(const float* p, const float* q, int64_t n, const StreamKey& noise) {
   return exponential_race(n, noise, [=](int64_t first, int64_t count, float* weights) {
     if (q == nullptr) {
       std::copy(p + first, p + first + count, weights);
@@ -153,14 +128,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> speculative_verify_cpu(
             tokens[b * (num_draft + 1) + j] = x[j];
             continue;
           }
-          const NoiseKey noise(in.seed(b), in.position(b) + j, kStreamNoise);
+          const StreamKey noise(in.seed(b), in.position(b) + j, kStreamNoise);
           const Race residual = residual_from_logits(a, lse_a, d, lse_d, vocab, noise);
           // p <= q everywhere up to rounding: the residual is p itself.
           token = residual.max_weight > 0.0f ? residual.index : gumbel_argmax(a, vocab, noise);
           break;
         }
         if (j == num_draft && has_bonus) {
-          token = gumbel_argmax(target_row(j), vocab, NoiseKey(in.seed(b), in.position(b) + j, kStreamNoise));
+          token = gumbel_argmax(target_row(j), vocab, StreamKey(in.seed(b), in.position(b) + j, kStreamNoise));
         }
         num_accepted[b] = j;
         num_emitted[b] = j + (token >= 0);
@@ -204,7 +179,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> speculative_verify_probs_cpu(
           if (!(q_x > 0.0f && accept(in, b, j, p_x / q_x))) break;
           tokens[b * (num_draft + 1) + j] = x[j];
         }
-        const NoiseKey noise(in.seed(b), in.position(b) + j, kStreamNoise);
+        const StreamKey noise(in.seed(b), in.position(b) + j, kStreamNoise);
         const float* p = as_float_row(p_rows + j * vocab, vocab, target_buffer.data());
         Race race{0, 0.0f};
         if (j < num_draft) {

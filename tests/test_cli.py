@@ -168,12 +168,17 @@ def test_bench_runs_in_the_callers_folder_and_passes_arguments_through(tmp_path,
     calls = []
     monkeypatch.setattr(subprocess, "call", lambda command, cwd: calls.append((command, cwd)) or 0)
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["bench", "--suite", "cpu", "--quiet", "--benchmark-json", "f.json"]) == 0
+    assert cli.main(["bench", "--suite", "spr", "--quiet", "--n", "4"]) == 0
     ((command, cwd),) = calls
     assert cwd == str(tmp_path)
-    assert command[-2:] == ["--benchmark-json", "f.json"]
-    script = next(part for part in command if part.endswith("bench_cpu_ops.py"))
-    assert script.startswith("/") and script.endswith("/bench/bench_cpu_ops.py")
+    assert command[-2:] == ["--n", "4"]
+    script = next(part for part in command if part.endswith("bench_speculative_rejection.py"))
+    assert script.startswith("/") and script.endswith("/bench/bench_speculative_rejection.py")
+    calls.clear()
+    assert cli.main(["bench", "--suite", "ops", "--quiet"]) == 0
+    assert [command[1].rsplit("/", 1)[-1] for command, _ in calls] == [
+        f"bench_{op}.py" for op in ("speculative_verify", "speculative_verify_probs", "sample", "compact_rows",
+                                    "compact_columns")]
 
 
 def test_world_training_has_a_default_folder(monkeypatch, capsys):

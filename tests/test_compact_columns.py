@@ -24,6 +24,8 @@ def make_buffers(batch, length, generator):
         ("mask bool [B, S], negative dim", torch.rand(batch, length, generator=generator) < 0.5, lambda t: t, -1),
         ("int32 [B, S, 2], strided sequence", torch.randint(1, 50, (batch, 2 * length, 2), generator=generator,
                                                            dtype=torch.int32), lambda t: t[:, ::2], 1),
+        ("five column dims that do not merge", randn(batch, 4, 4, 4, 4, 4, length),
+         lambda t: t[:, ::2, ::2, ::2, ::2, ::2], 6),
     ]
 
 

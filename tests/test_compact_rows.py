@@ -24,6 +24,7 @@ def make_buffers(batch, generator):
         ("state, transposed", randn(3, batch), lambda t: t.t(), 0),
         ("strided rows of a wider buffer", randn(2 * batch, 3), lambda t: t[::2], 0),
         ("per-row scalar, negative dim", torch.randint(0, 50, (batch,), generator=generator, dtype=torch.int32), lambda t: t, -1),
+        ("five column dims that do not merge", randn(batch, 4, 4, 4, 4, 4), lambda t: t[:, ::2, ::2, ::2, ::2, ::2], 0),
     ]
 
 

@@ -1,9 +1,10 @@
-"""The random streams every backend shares (specalign.reference): Philox-4x32-10 and its uniforms."""
+"""The random streams every backend shares (specalign.random_streams, computed by specalign.reference):
+Philox-4x32-10 and its uniforms."""
 import pytest
 import torch
-from conftest import SIGNIFICANCE, chi_square_p_value
 
-from specalign import reference
+from helpers import SIGNIFICANCE, chi_square_p_value
+from specalign import random_streams, reference
 
 MASK32 = 0xFFFFFFFF
 
@@ -49,7 +50,7 @@ def many_uniforms(count, stream):
     return reference.uniform(seeds[:, None, None], positions[None, :, None], vocab, stream)
 
 
-@pytest.mark.parametrize("stream", [reference.NOISE, reference.ACCEPT])
+@pytest.mark.parametrize("stream", [random_streams.NOISE, random_streams.ACCEPT])
 def test_uniforms_lie_in_the_open_unit_interval_on_the_24_bit_grid(stream):
     u = many_uniforms(2**18, stream)
     assert u.dtype == torch.float32
@@ -59,7 +60,7 @@ def test_uniforms_lie_in_the_open_unit_interval_on_the_24_bit_grid(stream):
     assert bool((scaled.long() % 2 == 1).all())  # (2m + 1) * 2**-24
 
 
-@pytest.mark.parametrize("stream", [reference.NOISE, reference.ACCEPT])
+@pytest.mark.parametrize("stream", [random_streams.NOISE, random_streams.ACCEPT])
 def test_uniforms_are_uniform(stream):
     bins = 64
     u = many_uniforms(2**20, stream).flatten()
@@ -70,21 +71,21 @@ def test_uniforms_are_uniform(stream):
 def test_neighbouring_vocab_indices_are_independent():
     """Pairs (u_v, u_{v+1}) fill a 16 x 16 grid uniformly: no correlation between adjacent counters."""
     bins = 16
-    u = many_uniforms(2**20, reference.NOISE)
+    u = many_uniforms(2**20, random_streams.NOISE)
     cells = (u[..., :-1:2] * bins).long() * bins + (u[..., 1::2] * bins).long()
     p_value = chi_square_p_value(cells.flatten(), torch.full((bins * bins,), 1.0 / bins**2))
     assert p_value > SIGNIFICANCE, p_value
 
 
 def test_every_key_and_counter_part_changes_the_stream():
-    base = dict(seed=torch.tensor(11), position=torch.tensor(5), vocab_index=torch.arange(256), stream=reference.NOISE)
+    base = dict(seed=torch.tensor(11), position=torch.tensor(5), vocab_index=torch.arange(256), stream=random_streams.NOISE)
     u = reference.uniform(**base)
     variants = {
         "seed low word": dict(base, seed=torch.tensor(12)),
         "seed high word": dict(base, seed=torch.tensor(11 + 2**32)),
         "position low word": dict(base, position=torch.tensor(6)),
         "position high word": dict(base, position=torch.tensor(5 + 2**32)),
-        "stream": dict(base, stream=reference.ACCEPT),
+        "stream": dict(base, stream=random_streams.ACCEPT),
         "vocab index": dict(base, vocab_index=torch.arange(1, 257)),
     }
     for name, arguments in variants.items():
@@ -108,6 +109,6 @@ def test_streams_do_not_depend_on_batch_composition():
 def test_exponential_noise_is_minus_log_of_the_noise_stream():
     seeds, positions = torch.tensor([5, 6]), torch.tensor([9, 2**33])
     noise = reference.exponential_noise(seeds, positions, 50)
-    u = reference.uniform(seeds[:, None], positions[:, None], torch.arange(50), reference.NOISE)
+    u = reference.uniform(seeds[:, None], positions[:, None], torch.arange(50), random_streams.NOISE)
     assert torch.equal(noise, -torch.log(u))
     assert bool((noise > 0).all()) and bool(torch.isfinite(noise).all())

@@ -3,14 +3,14 @@ exactly, SSS with pi_r = pi_d is standard speculative sampling token for token, 
 greedy decoding of the shifted target, and bad inputs name the argument."""
 import pytest
 import torch
-from conftest import assert_follows
-from test_speculative_sampling import (
+from helpers import (
     BACKEND,
     PAD,
     PROCESSING,
     PROMPT,
     VOCAB,
     all_continuations,
+    assert_follows,
     exact_distribution,
     processed_log_probs,
     prompts_with_left_padding,

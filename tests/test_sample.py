@@ -1,7 +1,8 @@
 """specalign.ops.sample: backends agree token for token, tokens follow softmax, rows are independent."""
 import pytest
 import torch
-from conftest import (
+
+from helpers import (
     FLOAT_DTYPES,
     SIGNIFICANCE,
     assert_follows,
@@ -10,7 +11,6 @@ from conftest import (
     random_positions,
     random_seeds,
 )
-
 from specalign import ops, reference
 
 CPP_SHAPES = [(1, 1000), (7, 257), (64, 4096), (3, 1)]

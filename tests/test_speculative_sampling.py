@@ -2,35 +2,30 @@
 batches, EOS and stopping inside a draft, row independence, bad inputs."""
 import pytest
 import torch
-from conftest import assert_follows
-from transformers import LlamaConfig, LlamaForCausalLM, XLNetConfig, XLNetLMHeadModel
+from helpers import (
+    BACKEND,
+    BOS,
+    EOS,
+    PAD,
+    PROCESSING,
+    PROMPT,
+    VOCAB,
+    all_continuations,
+    assert_follows,
+    exact_distribution,
+    processed_log_probs,
+    prompts_with_left_padding,
+    sample_codes,
+    step_log_probs,
+    tiny_llama,
+)
+from transformers import XLNetConfig, XLNetLMHeadModel
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
 from specalign import SpeculativeSampling, speculative_sampling
 from specalign.speculative_sampling import row_seeds
 
-BACKEND = None
-VOCAB = 10
-BOS, EOS, PAD = 1, 2, 0
-PROMPT = torch.tensor([[BOS, 5, 7]])
-NEW_TOKENS = 3
-SAMPLES = 100_000
-SAMPLES_PER_CALL = 20_000
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_llama(seed, vocab=VOCAB, hidden=16, scale=5.0, dtype=torch.float64):
-    """A random tiny Llama; weights scaled up so that its next-token distributions are far from flat."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, intermediate_size=2 * hidden, bos_token_id=BOS, eos_token_id=EOS)
-    model = LlamaForCausalLM(config).to(dtype).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.mul_(scale)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -41,56 +36,6 @@ def target():
 @pytest.fixture(scope="module")
 def draft():
     return tiny_llama(1)
-
-
-def processed_log_probs(logits, temperature=1.0, top_k=None):
-    """log softmax after HF's temperature then top-k warpers, in float64."""
-    logits = logits.double() / temperature
-    if top_k is not None:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, -torch.inf)
-    return logits.log_softmax(-1)
-
-
-def all_continuations(vocab=VOCAB, length=NEW_TOKENS):
-    return torch.cartesian_prod(*[torch.arange(vocab)] * length).view(-1, length)
-
-
-@torch.no_grad()
-def step_log_probs(model, prompt, continuations):
-    """Logits ``[N, length, V]`` of ``model`` before each token of every continuation."""
-    ids = torch.cat([prompt.expand(continuations.shape[0], -1), continuations[:, :-1]], dim=1)
-    return model(ids).logits[:, -continuations.shape[1]:]
-
-
-def canonical_codes(continuations, vocab=VOCAB):
-    """One integer per continuation, with every token after the first EOS replaced by the pad id."""
-    after_eos = (continuations == EOS).long().cumsum(-1) - (continuations == EOS).long() > 0
-    canonical = continuations.masked_fill(after_eos, PAD)
-    return (canonical * vocab ** torch.arange(canonical.shape[1] - 1, -1, -1)).sum(-1)
-
-
-def exact_distribution(log_probs, continuations, vocab=VOCAB):
-    """Probability of each canonical code, from per-step log-probabilities ``[N, length, V]``."""
-    sequence_probs = log_probs.gather(-1, continuations.unsqueeze(-1)).squeeze(-1).sum(-1).exp()
-    probs = torch.zeros(vocab ** continuations.shape[1], dtype=torch.float64)
-    return probs.index_add_(0, canonical_codes(continuations, vocab), sequence_probs)
-
-
-def sample_codes(target, make_generator, generate_kwargs, samples=SAMPLES, per_call=SAMPLES_PER_CALL, seed_offset=0):
-    """Draw ``samples`` continuations through ``target.generate`` and return their canonical codes."""
-    codes = []
-    for start in range(0, samples, per_call):
-        seeds = torch.arange(start, start + per_call) + seed_offset
-        out = target.generate(input_ids=PROMPT.expand(per_call, -1), custom_generate=make_generator(seeds),
-                              do_sample=True, max_new_tokens=NEW_TOKENS, pad_token_id=PAD, **generate_kwargs)
-        new = out[:, PROMPT.shape[1]:]
-        new = torch.nn.functional.pad(new, (0, NEW_TOKENS - new.shape[1]), value=PAD)
-        codes.append(canonical_codes(new))
-    return torch.cat(codes)
-
-
-PROCESSING = [pytest.param({}, id="plain"), pytest.param({"temperature": 0.7, "top_k": 4}, id="temperature-top_k")]
 
 
 @pytest.mark.slow
@@ -104,11 +49,6 @@ def test_sequences_follow_the_target_distribution(target, draft, num_draft_token
     codes = sample_codes(target, lambda seeds: SpeculativeSampling(draft, num_draft_tokens, seed=seeds, backend=BACKEND),
                          processing, seed_offset=1000 * num_draft_tokens)
     assert_follows(codes, expected, f"speculative sampling K={num_draft_tokens} {processing}")
-
-
-def prompts_with_left_padding():
-    ids = torch.tensor([[BOS, 3, 4, 5, 6, 7], [PAD, PAD, BOS, 8, 9, 3], [PAD, PAD, PAD, PAD, BOS, 4]])
-    return ids, (torch.arange(ids.shape[1]) >= (ids == PAD).sum(1, keepdim=True)).long()
 
 
 @pytest.mark.parametrize("num_draft_tokens", [1, 4])

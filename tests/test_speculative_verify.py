@@ -2,7 +2,8 @@
 the exact target distribution (standard mode: p; SSS: norm(pi_ref * pi_r / pi_d))."""
 import pytest
 import torch
-from conftest import (
+
+from helpers import (
     EXACTNESS_ROWS,
     FLOAT_DTYPES,
     SIGNIFICANCE,
@@ -17,7 +18,6 @@ from conftest import (
     random_positions,
     random_seeds,
 )
-
 from specalign import ops, reference
 
 CASES = (
@@ -88,7 +88,7 @@ def check_output_contract(out, inputs, case):
     accepted_slots = steps[:num_draft] < out.num_accepted[:, None]
     assert torch.equal(out.tokens[:, :num_draft][accepted_slots], draft_tokens.long()[accepted_slots])
     assert bool((out.tokens[steps >= out.num_emitted[:, None]] == -1).all())
-    shifted = target.float() if ref is None else reference.shifted_target_logits(
+    shifted = target.float() if ref is None else ops.shifted_target_logits(
         target[:, : draft.shape[1]].float(), draft.float(), ref.float())
     for b in range(batch):
         n = int(out.num_accepted[b])
@@ -144,7 +144,7 @@ def test_sss_with_ref_equal_to_draft_is_standard_mode(backend, generator):
     batch, num_draft, vocab = (4, 3, 300) if backend == "triton" else (32, 4, 700)
     target = random_logits((batch, num_draft + 1, vocab), generator)
     draft = target + random_logits((batch, num_draft + 1, vocab), generator, scale=0.3)  # close: many accept all
-    # A truncated target; the drafts stay finite (SSS drafts are never truncated: brief 2.2).
+    # A truncated target; the drafts stay finite (SSS drafts are never truncated: docs/math.md).
     inputs = dict(draft_tokens=draw_from_logits(draft[:, :num_draft], generator), draft_logits=draft,
                   target_logits=keep_top_k(target, vocab // 2), seeds=random_seeds(batch, generator),
                   positions=random_positions(batch, generator))

@@ -2,7 +2,8 @@
 follow the target probabilities exactly."""
 import pytest
 import torch
-from conftest import (
+
+from helpers import (
     EXACTNESS_ROWS,
     FLOAT_DTYPES,
     assert_exact,
@@ -13,7 +14,6 @@ from conftest import (
     random_positions,
     random_seeds,
 )
-
 from specalign import ops
 
 CASES = (

@@ -15,9 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
-from specalign import reference
-from specalign.triton_kernels.utils import (ADDRESS, BATCH_STRIDE, WALK_STRIDE, WORD_BYTES, layout_table,
-                                            locate_columns, on_device, word_pointer)
+from specalign.triton_kernels.launch import on_device
+from specalign.triton_kernels.strided_layout import (ADDRESS, BATCH_STRIDE, WALK_STRIDE, WORD_BYTES, layout_table,
+                                                     locate_columns, word_pointer)
 
 
 @triton.jit
@@ -36,8 +36,10 @@ def _right_align(row_base, offset, in_tensor, position_stride, keep_row_ptr, len
 
 
 @triton.jit
-def _compact_columns_kernel(table_ptr, keep_mask_ptr, lengths_ptr, attention_mask_ptr, length, num_tensors,
-                            BLOCK_TENSORS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_S: tl.constexpr):
+def _compact_columns_kernel(table_ptr, keep_mask_ptr, lengths_ptr, attention_mask_ptr, length, num_rows,
+                            BLOCK_ROWS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_S: tl.constexpr):
+    # table_ptr: [num_rows, TABLE_FIELDS] int64 (strided_layout); keep_mask_ptr: [B, S] uint8;
+    # lengths_ptr: [B] int64; attention_mask_ptr: [B, S] int64
     program = tl.program_id(0)
     b = tl.program_id(1)
     keep_row_ptr = keep_mask_ptr + b.to(tl.int64) * length
@@ -54,8 +56,8 @@ def _compact_columns_kernel(table_ptr, keep_mask_ptr, lengths_ptr, attention_mas
             tl.store(attention_mask_ptr + b.to(tl.int64) * length + positions,
                      (positions >= length - row_length).to(tl.int64), mask=positions < length)
 
-    if num_tensors > 0:
-        entry, offset, in_tensor = locate_columns(table_ptr, num_tensors, program, BLOCK_TENSORS, BLOCK)
+    if num_rows > 0:
+        entry, offset, in_tensor = locate_columns(table_ptr, num_rows, program, BLOCK_ROWS, BLOCK)
         address = tl.load(entry + ADDRESS)
         word_bytes = tl.load(entry + WORD_BYTES)
         row_offset = b * tl.load(entry + BATCH_STRIDE)
@@ -81,14 +83,11 @@ def compact_columns(tensors, keep_mask, dims, *, block_size: int = 1024, num_war
     attention_mask = torch.empty((batch, length), dtype=torch.int64, device=keep_mask.device)
     if batch == 0:
         return lengths, attention_mask
-    table, block, programs, others = layout_table(tensors, dims, 0, block_size)
+    table, block, programs = layout_table(tensors, dims, 0, block_size)
     with on_device(keep_mask.device):
         # At least one program per row: column block 0 writes the lengths and mask even with no tensors.
         _compact_columns_kernel[(max(programs, 1), batch)](
             table, keep_mask.contiguous().view(torch.uint8), lengths, attention_mask, length, table.shape[0],
-            BLOCK_TENSORS=triton.next_power_of_2(max(table.shape[0], 1)), BLOCK=block,
+            BLOCK_ROWS=triton.next_power_of_2(max(table.shape[0], 1)), BLOCK=block,
             BLOCK_S=min(triton.next_power_of_2(max(length, 1)), 1024), num_warps=num_warps)
-    # Layouts with more than utils.COLUMN_DIMS unmergeable column dims (rare) take the reference path.
-    if others:
-        reference.compact_columns([t for t, _ in others], keep_mask, [d for _, d in others])
     return lengths, attention_mask

@@ -2,7 +2,7 @@
 
 One launch for every tensor (all layers' keys and values, ids, masks, per-row state; mixed dtypes,
 non-contiguous views): a table row per tensor holds its address, word size and layout (see
-:mod:`.utils`). Grid: one program per block of columns of one tensor. It walks destination rows
+:mod:`.strided_layout`). Grid: one program per block of columns of one tensor. It walks destination rows
 ``i`` in increasing order and copies row ``keep[i]`` into row ``i``: since ``keep`` is sorted and
 unique, ``keep[i] >= i`` was not yet overwritten, and the leading rows with ``keep[i] == i`` are
 skipped. Bytes: one read and one write of each moved row; nothing else.
@@ -12,9 +12,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from specalign import reference
-from specalign.triton_kernels.utils import (ADDRESS, WALK_STRIDE, WORD_BYTES, layout_table, locate_columns,
-                                            on_device, word_pointer)
+from specalign.triton_kernels.launch import on_device
+from specalign.triton_kernels.strided_layout import (ADDRESS, WALK_STRIDE, WORD_BYTES, layout_table, locate_columns,
+                                                     word_pointer)
 
 
 @triton.jit
@@ -27,9 +27,10 @@ def _move_rows(base, offset, in_tensor, row_stride, keep_ptr, num_kept):
 
 
 @triton.jit
-def _compact_rows_kernel(table_ptr, keep_ptr, num_kept, num_tensors,
-                         BLOCK_TENSORS: tl.constexpr, BLOCK: tl.constexpr):
-    entry, offset, in_tensor = locate_columns(table_ptr, num_tensors, tl.program_id(0), BLOCK_TENSORS, BLOCK)
+def _compact_rows_kernel(table_ptr, keep_ptr, num_kept, num_rows,
+                         BLOCK_ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    # table_ptr: [num_rows, TABLE_FIELDS] int64, one row per tensor (strided_layout); keep_ptr: [num_kept] int64
+    entry, offset, in_tensor = locate_columns(table_ptr, num_rows, tl.program_id(0), BLOCK_ROWS, BLOCK)
     address = tl.load(entry + ADDRESS)
     word_bytes = tl.load(entry + WORD_BYTES)
     row_stride = tl.load(entry + WALK_STRIDE)
@@ -51,12 +52,9 @@ def compact_rows(tensors, keep, dims, *, block_size: int = 1024, num_warps: int 
     """
     if keep.numel() == 0:
         return
-    table, block, programs, others = layout_table(tensors, dims, None, block_size)
+    table, block, programs = layout_table(tensors, dims, None, block_size)
     if programs:
         with on_device(keep.device):
             _compact_rows_kernel[(programs,)](
                 table, keep, keep.numel(), table.shape[0],
-                BLOCK_TENSORS=triton.next_power_of_2(table.shape[0]), BLOCK=block, num_warps=num_warps)
-    # Layouts with more than utils.COLUMN_DIMS unmergeable column dims (rare) take the gather path.
-    for tensor, dim in others:
-        reference.compact_rows([tensor], keep, [dim])
+                BLOCK_ROWS=triton.next_power_of_2(table.shape[0]), BLOCK=block, num_warps=num_warps)

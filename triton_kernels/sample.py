@@ -10,7 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from specalign.triton_kernels.utils import argmax_lanes, exponential, on_device, split_vocab
+from specalign.triton_kernels.launch import argmax_lanes, on_device, split_vocab
+from specalign.triton_kernels.random_streams import exponential
 
 _INDEX_BOUND = tl.constexpr(2**31 - 1)
 
@@ -21,6 +22,8 @@ def _sample_partial_kernel(
     vocab, split_size, num_splits,
     BLOCK_V: tl.constexpr,
 ):
+    # logits_ptr: [B, V] float; seeds_ptr, positions_ptr: [B] int64;
+    # best_ptr: [B, splits] float32 and index_ptr: [B, splits] int64, each slice's (max key, index)
     row = tl.program_id(0)
     split = tl.program_id(1)
     seed = tl.load(seeds_ptr + row)
@@ -50,6 +53,7 @@ def _sample_partial_kernel(
 
 @triton.jit
 def _sample_reduce_kernel(best_ptr, index_ptr, out_ptr, num_splits, BLOCK_SPLITS: tl.constexpr):
+    # best_ptr: [B, splits] float32; index_ptr: [B, splits] int64; out_ptr: [B] int64 tokens
     row = tl.program_id(0)
     splits = tl.arange(0, BLOCK_SPLITS)
     valid = splits < num_splits

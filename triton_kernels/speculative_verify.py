@@ -24,7 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from specalign.triton_kernels.utils import ACCEPT_STREAM, argmax_lanes, exponential, on_device, split_vocab, uniform
+from specalign.triton_kernels.launch import argmax_lanes, on_device, split_vocab
+from specalign.triton_kernels.random_streams import ACCEPT_STREAM, exponential, uniform
 
 _INDEX_BOUND = tl.constexpr(2**31 - 1)
 
@@ -61,6 +62,8 @@ def _normaliser_kernel(
     num_draft, draft_rows, vocab, split_size, num_splits,
     SHIFTED: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
+    # target_ptr: [B, K+1, V]; draft_ptr, ref_ptr: [B, draft_rows, V] (ref_ptr unused unless SHIFTED);
+    # lse_ptr: [B*K, splits, 2] float32, each slice's log-sum-exp of (a, d)
     verified_row = tl.program_id(0)  # b * K + j
     split = tl.program_id(1)
     b = verified_row // num_draft
@@ -89,63 +92,52 @@ def _normaliser_kernel(
 
 
 @triton.jit
-def _race_kernel(
-    draft_tokens_ptr, target_ptr, draft_ptr, ref_ptr, lse_ptr, seeds_ptr, positions_ptr,
-    num_accepted_ptr, residual_max_ptr, residual_best_ptr, residual_index_ptr, fallback_best_ptr, fallback_index_ptr,
-    num_draft, draft_rows, vocab, split_size, num_splits, lse_splits,
-    FROM_PROBS: tl.constexpr, SHIFTED: tl.constexpr, HAS_BONUS: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_LSE_SPLITS: tl.constexpr, BLOCK_V: tl.constexpr,
-):
-    b = tl.program_id(0)
-    split = tl.program_id(1)
-    seed = tl.load(seeds_ptr + b)
-    position = tl.load(positions_ptr + b)
+def _accepted_from_probs(target_steps, draft_steps, tokens, is_step, u):
+    """Acceptance of each step from the gathered ``p(x)``, ``q(x)``; ``*_steps``: [BLOCK_K] row pointers."""
+    p_x = tl.load(target_steps + tokens, mask=is_step, other=0.0).to(tl.float32)
+    q_x = tl.load(draft_steps + tokens, mask=is_step, other=0.0).to(tl.float32)
+    # IEEE division, as the reference; q = 0 (never drawn) rejects without dividing by it.
+    return (q_x > 0.0) & (u < tl.math.div_rn(p_x, tl.where(q_x > 0.0, q_x, 1.0)))
 
-    # --- acceptance of the K drafts: gathered entries only (every split repeats it) -------------
-    steps = tl.arange(0, BLOCK_K)
-    is_step = steps < num_draft
-    tokens = tl.load(draft_tokens_ptr + b * num_draft + steps, mask=is_step, other=0).to(tl.int64)
-    target_at_steps = target_ptr + (b * (num_draft + 1) + steps).to(tl.int64) * vocab
-    draft_at_steps = draft_ptr + (b * draft_rows + steps).to(tl.int64) * vocab
-    u = uniform(seed, position + steps, tl.zeros([BLOCK_K], tl.int32), ACCEPT_STREAM)
-    if FROM_PROBS:
-        p_x = tl.load(target_at_steps + tokens, mask=is_step, other=0.0).to(tl.float32)
-        q_x = tl.load(draft_at_steps + tokens, mask=is_step, other=0.0).to(tl.float32)
-        # IEEE division, as the reference; q = 0 (never drawn) rejects without dividing by it.
-        accepted = (q_x > 0.0) & (u < tl.math.div_rn(p_x, tl.where(q_x > 0.0, q_x, 1.0)))
-    else:
-        # Each split's log-sum-exp is a (max, sum = 1) pair of the merge.
-        splits = tl.arange(0, BLOCK_LSE_SPLITS)[None, :]
-        in_tile = is_step[:, None] & (splits < lse_splits)
-        partial = lse_ptr + ((b * num_draft + steps[:, None]) * lse_splits + splits) * 2
-        ones = tl.where(in_tile, 1.0, 0.0)
-        lse_a = _merge_logsumexp(tl.load(partial, mask=in_tile, other=float("-inf")), ones, 1)
-        lse_d = _merge_logsumexp(tl.load(partial + 1, mask=in_tile, other=float("-inf")), ones, 1)
-        ref_at_steps = ref_ptr + (b * draft_rows + steps).to(tl.int64) * vocab
-        a_x, d_x = _load_logits(target_at_steps, draft_at_steps, ref_at_steps, tokens, is_step, is_step, SHIFTED)
-        log_p = a_x - lse_a
-        log_q = d_x - lse_d
-        accepted = (log_q > float("-inf")) & (u < tl.exp(log_p - log_q))
-    n = tl.min(tl.where(is_step & ~accepted, steps, num_draft), axis=0)
-    if split == 0:
-        tl.store(num_accepted_ptr + b, n.to(tl.int64))
 
-    # --- race over row n: residual at a rejection, bonus after K acceptances ----------------------
-    rejected = n < num_draft
-    target_row = target_ptr + (b * (num_draft + 1) + n).to(tl.int64) * vocab
-    draft_row = draft_ptr + (b * draft_rows + n).to(tl.int64) * vocab
-    start = split * split_size
-    end = tl.minimum(start + split_size, vocab)
-    end = tl.where(rejected | HAS_BONUS, end, start)  # SSS without K+1 rows: nothing to draw
-    # The draft's row n exists for a rejection, and in SSS for a bonus (K+1 draft rows). (Masks are
-    # built from index comparisons: the interpreter mistypes scalar-bool & vector-bool.)
-    draft_end = tl.where(rejected | SHIFTED, end, start)
-    if not FROM_PROBS:
-        ref_row = ref_ptr + (b * draft_rows + n).to(tl.int64) * vocab
-        # +inf on the bonus row makes p = q = 0 there: only the fallback races.
-        lse_a_n = tl.min(tl.where(steps == n, lse_a, float("inf")), axis=0)
-        lse_d_n = tl.min(tl.where(steps == n, lse_d, float("inf")), axis=0)
+@triton.jit
+def _step_normalisers(lse_ptr, b, steps, is_step, num_draft, lse_splits, BLOCK_LSE_SPLITS: tl.constexpr):
+    """The log-sum-exps ``(lse_a, lse_d)`` [BLOCK_K] of row ``b``'s steps, merged over the splits.
 
+    ``lse_ptr``: [B*K, lse_splits, 2] float32; each split's value is a (max, sum = 1) pair of the merge.
+    """
+    splits = tl.arange(0, BLOCK_LSE_SPLITS)[None, :]
+    in_tile = is_step[:, None] & (splits < lse_splits)
+    partial = lse_ptr + ((b * num_draft + steps[:, None]) * lse_splits + splits) * 2  # [BLOCK_K, BLOCK_LSE_SPLITS]
+    ones = tl.where(in_tile, 1.0, 0.0)
+    lse_a = _merge_logsumexp(tl.load(partial, mask=in_tile, other=float("-inf")), ones, 1)
+    lse_d = _merge_logsumexp(tl.load(partial + 1, mask=in_tile, other=float("-inf")), ones, 1)
+    return lse_a, lse_d
+
+
+@triton.jit
+def _accepted_from_logits(target_steps, draft_steps, ref_steps, tokens, is_step, u, lse_a, lse_d,
+                          SHIFTED: tl.constexpr):
+    """Acceptance of each step from the gathered logits and the normalisers; ``*_steps``: [BLOCK_K] row pointers."""
+    a_x, d_x = _load_logits(target_steps, draft_steps, ref_steps, tokens, is_step, is_step, SHIFTED)
+    log_p = a_x - lse_a
+    log_q = d_x - lse_d
+    return (log_q > float("-inf")) & (u < tl.exp(log_p - log_q))
+
+
+@triton.jit
+def _at_step(values, steps, n):
+    """``values[n]`` of a [BLOCK_K] vector (+inf when ``n`` is past its steps)."""
+    return tl.min(tl.where(steps == n, values, float("inf")), axis=0)
+
+
+@triton.jit
+def _race_slice(target_row, draft_row, ref_row, seed, position, start, end, draft_end, lse_a, lse_d,
+                FROM_PROBS: tl.constexpr, SHIFTED: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Race vocab indices ``[start, end)`` of one row: the residual ``max(0, p - q) / E`` and the fallback
+    (``a - log E`` from logits, ``p / E`` from probabilities), each as per-lane (best, index) [BLOCK_V],
+    plus the residual's per-lane max. ``*_row``: pointers to one [V] row; the draft is read below
+    ``draft_end`` only (0 beyond: the bonus row of probabilities)."""
     lanes = tl.arange(0, BLOCK_V)
     residual_max = tl.zeros([BLOCK_V], tl.float32)
     residual_best = tl.full([BLOCK_V], -1.0, tl.float32)  # keys are >= 0: the first index always enters
@@ -155,16 +147,15 @@ def _race_kernel(
     for offset in range(start, end, BLOCK_V):
         vocab_index = offset + lanes
         in_slice = vocab_index < end
-        noise = exponential(seed, position + n, vocab_index)
+        noise = exponential(seed, position, vocab_index)
         if FROM_PROBS:
-            # q = 0 on the bonus row (the draft has K rows): the residual is p itself there.
             p = tl.load(target_row + vocab_index, mask=in_slice, other=0.0).to(tl.float32)
             q = tl.load(draft_row + vocab_index, mask=vocab_index < draft_end, other=0.0).to(tl.float32)
             fallback_key = tl.where(in_slice, tl.math.div_rn(p, noise), float("-inf"))
         else:
             a, d = _load_logits(target_row, draft_row, ref_row, vocab_index, in_slice, vocab_index < draft_end, SHIFTED)
-            p = tl.exp(a - lse_a_n)
-            q = tl.exp(d - lse_d_n)
+            p = tl.exp(a - lse_a)
+            q = tl.exp(d - lse_d)
             fallback_key = a - tl.log(noise)
         residual = tl.maximum(p - q, 0.0)
         residual_key = tl.where(in_slice, tl.math.div_rn(residual, noise), -2.0)
@@ -175,6 +166,60 @@ def _race_kernel(
         better = fallback_key > fallback_best
         fallback_best = tl.where(better, fallback_key, fallback_best)
         fallback_index = tl.where(better, vocab_index, fallback_index)
+    return residual_max, residual_best, residual_index, fallback_best, fallback_index
+
+
+@triton.jit
+def _race_kernel(
+    draft_tokens_ptr, target_ptr, draft_ptr, ref_ptr, lse_ptr, seeds_ptr, positions_ptr,
+    num_accepted_ptr, residual_max_ptr, residual_best_ptr, residual_index_ptr, fallback_best_ptr, fallback_index_ptr,
+    num_draft, draft_rows, vocab, split_size, num_splits, lse_splits,
+    FROM_PROBS: tl.constexpr, SHIFTED: tl.constexpr, HAS_BONUS: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_LSE_SPLITS: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    # draft_tokens_ptr: [B, K] int32/int64; target_ptr: [B, K+1, V]; draft_ptr, ref_ptr: [B, draft_rows, V]
+    # (ref_ptr unused unless SHIFTED); lse_ptr: [B*K, lse_splits, 2] float32 (unused FROM_PROBS);
+    # seeds_ptr, positions_ptr, num_accepted_ptr: [B] int64; residual_max_ptr, residual_best_ptr,
+    # fallback_best_ptr: [B, splits] float32; residual_index_ptr, fallback_index_ptr: [B, splits] int32
+    b = tl.program_id(0)
+    split = tl.program_id(1)
+    seed = tl.load(seeds_ptr + b)
+    position = tl.load(positions_ptr + b)
+
+    # Acceptance of the K drafts from gathered entries only (every split repeats it).
+    steps = tl.arange(0, BLOCK_K)
+    is_step = steps < num_draft
+    tokens = tl.load(draft_tokens_ptr + b * num_draft + steps, mask=is_step, other=0).to(tl.int64)
+    target_steps = target_ptr + (b * (num_draft + 1) + steps).to(tl.int64) * vocab  # [BLOCK_K] row pointers
+    draft_steps = draft_ptr + (b * draft_rows + steps).to(tl.int64) * vocab
+    ref_steps = ref_ptr + (b * draft_rows + steps).to(tl.int64) * vocab
+    u = uniform(seed, position + steps, tl.zeros([BLOCK_K], tl.int32), ACCEPT_STREAM)
+    if FROM_PROBS:
+        accepted = _accepted_from_probs(target_steps, draft_steps, tokens, is_step, u)
+    else:
+        lse_a, lse_d = _step_normalisers(lse_ptr, b, steps, is_step, num_draft, lse_splits, BLOCK_LSE_SPLITS)
+        accepted = _accepted_from_logits(target_steps, draft_steps, ref_steps, tokens, is_step, u, lse_a, lse_d, SHIFTED)
+    n = tl.min(tl.where(is_step & ~accepted, steps, num_draft), axis=0)
+    if split == 0:
+        tl.store(num_accepted_ptr + b, n.to(tl.int64))
+
+    # Race over row n: the residual at a rejection, the bonus after K acceptances.
+    rejected = n < num_draft
+    start = split * split_size
+    end = tl.minimum(start + split_size, vocab)
+    end = tl.where(rejected | HAS_BONUS, end, start)  # SSS without K+1 rows: nothing to draw
+    # The draft's row n exists for a rejection, and in SSS for a bonus (K+1 draft rows). (Masks are
+    # built from index comparisons: the interpreter mistypes scalar-bool & vector-bool.)
+    draft_end = tl.where(rejected | SHIFTED, end, start)
+    lse_a_n, lse_d_n = 0.0, 0.0
+    if not FROM_PROBS:
+        # +inf on the bonus row makes p = q = 0 there: only the fallback races.
+        lse_a_n = _at_step(lse_a, steps, n)
+        lse_d_n = _at_step(lse_d, steps, n)
+    row_n = (b * draft_rows + n).to(tl.int64) * vocab
+    residual_max, residual_best, residual_index, fallback_best, fallback_index = _race_slice(
+        target_ptr + (b * (num_draft + 1) + n).to(tl.int64) * vocab, draft_ptr + row_n, ref_ptr + row_n,
+        seed, position + n, start, end, draft_end, lse_a_n, lse_d_n, FROM_PROBS, SHIFTED, BLOCK_V)
 
     out = b * num_splits + split
     tl.store(residual_max_ptr + out, tl.max(residual_max, axis=0))
@@ -193,6 +238,8 @@ def _emit_kernel(
     num_draft, num_splits,
     HAS_BONUS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_SPLITS: tl.constexpr,
 ):
+    # draft_tokens_ptr: [B, K] int32/int64; num_accepted_ptr, num_emitted_ptr: [B] int64; residual_*_ptr,
+    # fallback_*_ptr: [B, splits] as _race_kernel wrote them; tokens_ptr: [B, K+1] int64
     b = tl.program_id(0)
     n = tl.load(num_accepted_ptr + b)
     emits = (n < num_draft) | HAS_BONUS

@@ -1,13 +1,14 @@
-"""Registration of the ``specalign`` custom ops, done once at import.
+"""Dispatch of the ``specalign`` ops: every backend decision is made in :func:`call`.
 
-``csrc/`` defines the op schemas and the CPU kernels (loaded with ``specalign._C``); this module adds
-the CUDA kernels (Triton, imported on first use) and the fake implementations that let the ops trace
-under ``torch.compile``.
+``csrc/registration.cpp`` defines the op schemas and registers the CPU kernels (loaded with
+``specalign._C``). Below, one block per op registers its CUDA kernel (Triton, imported on first use)
+and its fake implementation for ``torch.compile``, and names its reference (imported on first use:
+nothing but ``backend="reference"`` loads :mod:`specalign.reference`).
 """
 from __future__ import annotations
 
-import importlib
 import os
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -16,25 +17,21 @@ from specalign import _built_torch
 _built_torch.check()  # before _C loads: under another torch it would fail obscurely
 from specalign import _C  # noqa: E402,F401  (defines torch.ops.specalign.* and registers the CPU kernels)
 
-# op name -> module of specalign.triton_kernels that implements it under the same name
-_TRITON_MODULES = {
-    "speculative_verify": "speculative_verify",
-    "speculative_verify_probs": "speculative_verify",
-    "sample": "sample",
-    "compact_rows": "compact_rows",
-    "compact_columns": "compact_columns",
-}
+
+class _Backends(NamedTuple):
+    triton: Callable
+    reference: Callable
 
 
-def triton_kernel(name: str):
-    module = importlib.import_module(f"specalign.triton_kernels.{_TRITON_MODULES[name]}")
-    return getattr(module, name)
+_OPS: dict[str, _Backends] = {}
 
 
 def call(name: str, backend: str | None, device: torch.device, *args):
-    """Run op ``name`` on ``backend`` (``None``: the dispatcher picks by device)."""
+    """Run op ``name`` on ``backend``: ``None`` lets torch's dispatcher pick the kernel by device."""
     if backend is None:
         return getattr(torch.ops.specalign, name)(*args)
+    if backend == "reference":
+        return _OPS[name].reference(*args)
     if backend == "cpp":
         if device.type != "cpu":
             raise ValueError(f"backend='cpp' runs on CPU tensors, got tensors on {device}")
@@ -42,48 +39,120 @@ def call(name: str, backend: str | None, device: torch.device, *args):
     if backend == "triton":
         if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before specalign is imported")
-        return triton_kernel(name)(*args)
+        return _OPS[name].triton(*args)
     raise ValueError(f"unknown backend {backend!r}")
 
 
-def _register_cuda(name: str):
-    def kernel(*args):
-        return triton_kernel(name)(*args)
-
-    torch.library.register_kernel(f"specalign::{name}", "cuda", kernel)
-
-
-for _name in _TRITON_MODULES:
-    _register_cuda(_name)
+def _register(name: str, triton: Callable, reference: Callable, fake: Callable) -> None:
+    torch.library.register_kernel(f"specalign::{name}", "cuda", triton)
+    torch.library.register_fake(f"specalign::{name}", fake)
+    _OPS[name] = _Backends(triton, reference)
 
 
-@torch.library.register_fake("specalign::speculative_verify")
-def _(draft_tokens, draft_logits, target_logits, ref_logits, seeds, positions):
+# --- speculative_verify ----------------------------------------------------------------------------
+def _speculative_verify_triton(draft_tokens, draft_logits, target_logits, ref_logits, seeds, positions):
+    from specalign.triton_kernels.speculative_verify import speculative_verify
+
+    return speculative_verify(draft_tokens, draft_logits, target_logits, ref_logits, seeds, positions)
+
+
+def _speculative_verify_reference(draft_tokens, draft_logits, target_logits, ref_logits, seeds, positions):
+    from specalign.reference import speculative_verify
+
+    return speculative_verify(draft_tokens, draft_logits, target_logits, ref_logits, seeds, positions)
+
+
+def _speculative_verify_fake(draft_tokens, draft_logits, target_logits, ref_logits, seeds, positions):
+    return _verify_outputs_like(draft_tokens)
+
+
+_register("speculative_verify", _speculative_verify_triton, _speculative_verify_reference, _speculative_verify_fake)
+
+
+# --- speculative_verify_probs ----------------------------------------------------------------------
+def _speculative_verify_probs_triton(draft_tokens, draft_probs, target_probs, seeds, positions):
+    from specalign.triton_kernels.speculative_verify import speculative_verify_probs
+
+    return speculative_verify_probs(draft_tokens, draft_probs, target_probs, seeds, positions)
+
+
+def _speculative_verify_probs_reference(draft_tokens, draft_probs, target_probs, seeds, positions):
+    from specalign.reference import speculative_verify_probs
+
+    return speculative_verify_probs(draft_tokens, draft_probs, target_probs, seeds, positions)
+
+
+def _speculative_verify_probs_fake(draft_tokens, draft_probs, target_probs, seeds, positions):
+    return _verify_outputs_like(draft_tokens)
+
+
+_register("speculative_verify_probs", _speculative_verify_probs_triton, _speculative_verify_probs_reference,
+          _speculative_verify_probs_fake)
+
+
+def _verify_outputs_like(draft_tokens):
     batch, num_draft = draft_tokens.shape
     return (draft_tokens.new_empty((batch, num_draft + 1), dtype=torch.long),
             draft_tokens.new_empty((batch,), dtype=torch.long),
             draft_tokens.new_empty((batch,), dtype=torch.long))
 
 
-@torch.library.register_fake("specalign::speculative_verify_probs")
-def _(draft_tokens, draft_probs, target_probs, seeds, positions):
-    batch, num_draft = draft_tokens.shape
-    return (draft_tokens.new_empty((batch, num_draft + 1), dtype=torch.long),
-            draft_tokens.new_empty((batch,), dtype=torch.long),
-            draft_tokens.new_empty((batch,), dtype=torch.long))
+# --- sample ----------------------------------------------------------------------------------------
+def _sample_triton(logits, seeds, positions):
+    from specalign.triton_kernels.sample import sample
+
+    return sample(logits, seeds, positions)
 
 
-@torch.library.register_fake("specalign::sample")
-def _(logits, seeds, positions):
+def _sample_reference(logits, seeds, positions):
+    from specalign.reference import sample
+
+    return sample(logits, seeds, positions)
+
+
+def _sample_fake(logits, seeds, positions):
     return logits.new_empty((logits.shape[0],), dtype=torch.long)
 
 
-@torch.library.register_fake("specalign::compact_rows")
-def _(tensors, keep, dims):
+_register("sample", _sample_triton, _sample_reference, _sample_fake)
+
+
+# --- compact_rows ----------------------------------------------------------------------------------
+def _compact_rows_triton(tensors, keep, dims):
+    from specalign.triton_kernels.compact_rows import compact_rows
+
+    return compact_rows(tensors, keep, dims)
+
+
+def _compact_rows_reference(tensors, keep, dims):
+    from specalign.reference import compact_rows
+
+    return compact_rows(tensors, keep, dims)
+
+
+def _compact_rows_fake(tensors, keep, dims):
     return None
 
 
-@torch.library.register_fake("specalign::compact_columns")
-def _(tensors, keep_mask, dims):
+_register("compact_rows", _compact_rows_triton, _compact_rows_reference, _compact_rows_fake)
+
+
+# --- compact_columns -------------------------------------------------------------------------------
+def _compact_columns_triton(tensors, keep_mask, dims):
+    from specalign.triton_kernels.compact_columns import compact_columns
+
+    return compact_columns(tensors, keep_mask, dims)
+
+
+def _compact_columns_reference(tensors, keep_mask, dims):
+    from specalign.reference import compact_columns
+
+    return compact_columns(tensors, keep_mask, dims)
+
+
+def _compact_columns_fake(tensors, keep_mask, dims):
     batch, length = keep_mask.shape
     return keep_mask.new_empty((batch,), dtype=torch.long), keep_mask.new_empty((batch, length), dtype=torch.long)
+
+
+_register("compact_columns", _compact_columns_triton, _compact_columns_reference, _compact_columns_fake)

@@ -5,7 +5,7 @@ examples:
   specalign demo --quick
   specalign generate --world --method spr --prompt "review of the pizza:" --prompt "how was the sushi:" --json
   specalign generate --model DIR --reward-model DIR --method bon --n 8 --prompt "..."
-  specalign bench --suite cpu --benchmark-json cpu.json
+  specalign bench --suite ops
   specalign run --world --method bon --output results.jsonl      (torchrun --nproc-per-node N ... for N processes)
 """
 from __future__ import annotations
@@ -257,11 +257,12 @@ def generate(args) -> int:
     return 0
 
 
-# suite -> (what it measures, the command that runs it, from the caller's folder)
+# suite -> (what it measures, the scripts that run it, from the caller's folder)
 BENCH_SUITES = {
-    "cpu": ("the C++ kernels against the PyTorch reference and Hugging Face's own code (pytest-benchmark; "
-            "pytest's and pytest-benchmark's options pass through, e.g. --benchmark-json FILE)",
-            ["-m", "pytest", "-q", "-s", "bench/bench_cpu_ops.py", "--benchmark-only"]),
+    "ops": ("each op's C++ kernel (and Triton on CUDA): time, GB/s and share of the measured copy bandwidth, "
+            "against the reference, Hugging Face's code and a batched PyTorch version (bench/bench_<op>.py)",
+            [f"bench/bench_{op}.py" for op in
+             ("speculative_verify", "speculative_verify_probs", "sample", "compact_rows", "compact_columns")]),
     "spr": ("Speculative Rejection against Best-of-N on one engine, and in-place compaction against "
             "re-prefilling (tiny random-init models; options: --n, --max-new-tokens, --backend, ...)",
             ["bench/bench_speculative_rejection.py"]),
@@ -278,12 +279,11 @@ def bench(args) -> int:
         args.parser.error("bench runs the suites of a source checkout (bench/ was not found next to the package)")
     code = 0
     for suite in [args.suite] if args.suite else BENCH_SUITES:
-        meaning, command = BENCH_SUITES[suite]
+        meaning, scripts = BENCH_SUITES[suite]
         if not args.quiet:
             print(f"\n=== {suite}: {meaning} ===", flush=True)
-        # Run from the caller's folder (so that output files land there), with the script's full path.
-        command = [str(root / part) if part.startswith("bench/") else part for part in command]
-        code |= subprocess.call([sys.executable, *command, *args.extra], cwd=os.getcwd())
+        for script in scripts:  # from the caller's folder, so that output files land there
+            code |= subprocess.call([sys.executable, str(root / script), *args.extra], cwd=os.getcwd())
     return code
 
 

@@ -1,18 +1,31 @@
-"""The op contract: public wrappers, argument checks and backend selection.
+"""The op contract: public wrappers, argument checks and the math they share.
 
 Each op is a ``torch.library`` custom op in the ``specalign`` namespace (``torch.ops.specalign.*``)
 with a C++ kernel for CPU tensors, a Triton kernel for CUDA tensors and a fake implementation for
 ``torch.compile``; ``backend=None`` lets the dispatcher pick by device. ``backend`` may force
-``"reference"`` (plain PyTorch, :mod:`specalign.reference`), ``"cpp"`` (CPU tensors) or
-``"triton"`` (CUDA tensors, or CPU tensors when ``TRITON_INTERPRET=1`` was set before import).
+``"reference"`` (plain PyTorch, the specification), ``"cpp"`` (CPU tensors) or ``"triton"`` (CUDA
+tensors, or CPU tensors when ``TRITON_INTERPRET=1`` was set before import). The math is in
+docs/math.md.
 
 All randomness is keyed by ``(seeds[b], positions[b] + j, vocab index)`` (see
-:mod:`specalign.reference`), so every backend gives the same tokens for the same seeds, and a row's
-tokens never depend on the other rows of the batch.
+:mod:`specalign.random_streams`), so every backend gives the same tokens for the same seeds, and a
+row's tokens never depend on the other rows of the batch.
 
 Arguments are checked here, once, for every backend: shapes, dtypes and devices always; values
 (NaN or ``+inf`` logits, token ids and keep indices out of range, repeated keep indices) when
 ``check_values=True``, which costs a pass over the inputs and a host sync.
+
+The pieces of one op (a checklist for the next one):
+
+1. its schema in ``csrc/registration.cpp`` and its C++ kernel in ``csrc/<op>.cpp`` (declared in
+   ``csrc/ops.h``);
+2. its Triton kernel in ``triton_kernels/<op>.py``;
+3. its specification in ``reference.py``;
+4. one block in ``_library.py``: the lazily imported Triton kernel and reference, and the fake;
+5. its wrapper here: documented shapes, dtypes and an example (run as a doctest), argument checks;
+6. ``tests/test_<op>.py`` (backends token for token, exactness where it samples), bad input in
+   ``tests/test_bad_input.py``;
+7. ``bench/bench_<op>.py`` with its minimum bytes, and its figures in ``bench/NOTES.md``.
 """
 from __future__ import annotations
 
@@ -20,7 +33,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from specalign import _library, reference
+from specalign import _library
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BACKENDS = (None, "reference", "cpp", "triton")
@@ -40,6 +53,27 @@ class VerifyOutput(NamedTuple):
     num_emitted: torch.Tensor
 
 
+def shifted_target_logits(target: torch.Tensor, draft: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """The SSS target's logits ``target + (draft - ref)``: their softmax is ``norm(pi_ref * pi_r / pi_d)``.
+
+    ``target`` are the target's processed logits (``pi_ref``), ``draft`` the aligned draft's
+    (``pi_r``), ``ref`` the unaligned draft's (``pi_d``); the normaliser ``Z`` stays implicit. A token
+    that either draft gives zero probability (``-inf``) gets zero weight: ``-inf - -inf`` is never
+    formed. The shift is exactly 0 where ``draft == ref`` and both are finite, so SSS then repeats
+    standard mode bit for bit on those tokens. Shapes broadcast; the result has ``target``'s dtype
+    promoted with the drafts'.
+
+    Example::
+
+        >>> t, d, r = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, -torch.inf, 0.5]), torch.tensor([1.0, -torch.inf, 0.0])
+        >>> shifted_target_logits(t, d, r)
+        tensor([0.0000,   -inf, 2.5000])
+    """
+    finite = (draft > -torch.inf) & (ref > -torch.inf)
+    shift = torch.where(finite, draft - ref, torch.full_like(draft, -torch.inf))
+    return target + shift
+
+
 def speculative_verify(
     draft_tokens: torch.Tensor,
     draft_logits: torch.Tensor,
@@ -53,17 +87,19 @@ def speculative_verify(
 ) -> VerifyOutput:
     """Verify ``K`` drafted tokens per row and emit the accepted prefix plus one more token.
 
-    Standard mode (``ref_logits=None``, brief 2.1): accept draft ``x_j`` with probability
+    Standard mode (``ref_logits=None``; docs/math.md, "Speculative sampling"): accept draft ``x_j`` with probability
     ``min(1, p_j(x_j) / q_j(x_j))``, with ``p = softmax(target_logits)``, ``q = softmax(draft_logits)``;
     at the first rejection emit a token from ``norm(max(0, p_j - q_j))``; after ``K`` acceptances emit
     a bonus token from ``p_K``. The output follows ``p`` exactly.
 
-    SSS mode (``ref_logits`` given, brief 2.2): ``draft_logits`` are the aligned draft's
-    (``pi_r``, which proposed the tokens), ``ref_logits`` the unaligned draft's (``pi_d``), and the
-    tokens follow ``t = norm(pi_ref * pi_r / pi_d)`` exactly: the same rule with target logits
-    ``target_logits + draft_logits - ref_logits``. A bonus token is drawn from ``t`` at ``K`` only
+    SSS mode (``ref_logits`` given; docs/math.md, "Exact reward-shifted speculative sampling"):
+    ``draft_logits`` are the aligned draft's (``pi_r``, which proposed the tokens), ``ref_logits`` the
+    unaligned draft's (``pi_d``), and the tokens follow ``t = norm(pi_ref * pi_r / pi_d)`` exactly: the
+    same rule with target logits ``target_logits + draft_logits - ref_logits``. A bonus token is drawn from ``t`` at ``K`` only
     when ``draft_logits`` and ``ref_logits`` have ``K+1`` rows. With ``ref_logits == draft_logits``
-    the tokens equal standard mode's.
+    the tokens equal standard mode's where the draft logits are finite: a token whose draft logit is
+    ``-inf`` gets zero weight in the shifted target (``-inf - -inf`` is never formed, see
+    :func:`shifted_target_logits`), while standard mode keeps the target's weight for it.
 
     Args:
         draft_tokens: ``[B, K]`` int64 or int32, the drafted tokens, ``1 <= K``.
@@ -111,17 +147,13 @@ def speculative_verify(
             )
         if ref_logits is not None:
             rows = draft_logits.shape[1]
-            shifted = reference.shifted_target_logits(target_logits[:, :rows].float(), draft_logits.float(), ref_logits.float())
+            shifted = shifted_target_logits(target_logits[:, :rows].float(), draft_logits.float(), ref_logits.float())
             if bool((shifted == -torch.inf).all(-1).any()):
                 raise ValueError("draft_logits and target_logits share no token with nonzero probability in some row: "
                                  "the shifted target pi_ref * pi_r / pi_d is zero everywhere")
     args = (draft_tokens, draft_logits.contiguous(), target_logits.contiguous(),
             None if ref_logits is None else ref_logits.contiguous(), seeds, positions)
-    if backend == "reference":
-        out = reference.speculative_verify(*args)
-    else:
-        out = _library.call("speculative_verify", backend, draft_tokens.device, *args)
-    return VerifyOutput(*out)
+    return VerifyOutput(*_library.call("speculative_verify", backend, draft_tokens.device, *args))
 
 
 def speculative_verify_probs(
@@ -134,7 +166,7 @@ def speculative_verify_probs(
     backend: str | None = None,
     check_values: bool = True,
 ) -> VerifyOutput:
-    """Standard speculative verification from probabilities (brief 2.1, 3).
+    """Standard speculative verification from probabilities (docs/math.md, "Speculative sampling").
 
     Reads only the gathered entries ``p_j(x_j)``, ``q_j(x_j)`` and, per row, the one residual row
     pair or bonus row it samples from: about ``8V`` bytes per row instead of ``4V(2K+1)``.
@@ -171,11 +203,7 @@ def speculative_verify_probs(
             if bool((probs.amax(-1) <= 0).any()):
                 raise ValueError(f"{name} has a row of all zeros")
     args = (draft_tokens, draft_probs.contiguous(), target_probs.contiguous(), seeds, positions)
-    if backend == "reference":
-        out = reference.speculative_verify_probs(*args)
-    else:
-        out = _library.call("speculative_verify_probs", backend, draft_tokens.device, *args)
-    return VerifyOutput(*out)
+    return VerifyOutput(*_library.call("speculative_verify_probs", backend, draft_tokens.device, *args))
 
 
 def sample(
@@ -215,8 +243,6 @@ def sample(
         _check_positions_sign(positions)
         _check_logit_values("logits", logits)
     args = (logits.contiguous(), seeds, positions)
-    if backend == "reference":
-        return reference.sample(*args)
     return _library.call("sample", backend, logits.device, *args)
 
 
@@ -265,10 +291,7 @@ def compact_rows(
         raise ValueError(f"keep indices must lie in [0, {batch}), got min {int(keep[0])} and max {int(keep[-1])}")
     if keep.numel() > 1 and not bool((keep[1:] > keep[:-1]).all()):
         raise ValueError("keep has repeated indices; each row can be kept once")
-    if backend == "reference":
-        reference.compact_rows(tensors, keep, dims)
-    else:
-        _library.call("compact_rows", backend, device, tensors, keep, dims)
+    _library.call("compact_rows", backend, device, tensors, keep, dims)
     return [t.narrow(d, 0, keep.numel()) for t, d in zip(tensors, dims)]
 
 
@@ -318,8 +341,6 @@ def compact_columns(
             )
         if t.device != keep_mask.device:
             raise ValueError(f"tensors[{i}] is on {t.device} but keep_mask is on {keep_mask.device}")
-    if backend == "reference":
-        return reference.compact_columns(tensors, keep_mask, dims)
     return _library.call("compact_columns", backend, keep_mask.device, tensors, keep_mask, dims)
 
 

@@ -1,19 +1,14 @@
 """Plain PyTorch reference of every op: the specification the C++ and Triton kernels are held to.
 
 Readable, not fast: it materialises every distribution. The tests compare the compiled backends to
-these functions token for token, and the functions themselves to exact distributions.
+these functions token for token, and the functions themselves to exact distributions. Nothing in
+the package imports this module but ``backend="reference"``.
 
-Randomness (shared bit for bit by all backends)
-------------------------------------------------
-Philox-4x32-10 with key = the row's int64 seed (low word, high word) and counter
-``(vocab index, position low word, stream, position high word)``; the first output word ``x``
-becomes ``u = (2 * (x >> 9) + 1) * 2**-24``, which lies in (0, 1) and is exact in float32, so all
-backends start from identical uniforms. Stream ``NOISE`` gives the per-token exponentials
-``E_v = -log u_v`` used by every categorical draw; stream ``ACCEPT`` (at vocab index 0) gives the
-acceptance uniform of each draft position. A draw at position ``pos`` uses the noise of ``pos``
-only, so a row's tokens never depend on the other rows of the batch.
+Randomness (shared bit for bit by all backends; the constants are in :mod:`specalign.random_streams`):
+stream ``NOISE`` gives the per-token exponentials ``E_v = -log u_v`` used by every categorical draw;
+stream ``ACCEPT`` (at vocab index 0) gives the acceptance uniform of each draft position.
 
-Categorical draws without normalising (brief 2.3):
+Categorical draws without normalising (docs/math.md, "Sampling without a distribution"):
 - from logits ``l``: ``argmax_v l_v - log E_v`` (Gumbel-max);
 - from non-negative weights ``w``: ``argmax_v w_v / E_v`` (exponential race).
 Ties go to the lowest index.
@@ -22,12 +17,10 @@ from __future__ import annotations
 
 import torch
 
-NOISE = 0
-ACCEPT = 1
+from specalign.ops import shifted_target_logits
+from specalign.random_streams import ACCEPT, NOISE, PHILOX_M0, PHILOX_M1, PHILOX_ROUNDS, PHILOX_W0, PHILOX_W1
 
 _MASK32 = 0xFFFFFFFF
-_PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
-_PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
 
 
 def _mulhilo32(constant: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,11 +36,11 @@ def philox_uint32(seed: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor, c2: in
     k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
     c2 = torch.full_like(c1, c2)
     c0, c1, c3 = torch.broadcast_tensors(c0, c1, c3)
-    for _ in range(10):
-        hi0, lo0 = _mulhilo32(_PHILOX_M0, c0)
-        hi1, lo1 = _mulhilo32(_PHILOX_M1, c2)
+    for _ in range(PHILOX_ROUNDS):
+        hi0, lo0 = _mulhilo32(PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo32(PHILOX_M1, c2)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-        k0, k1 = (k0 + _PHILOX_W0) & _MASK32, (k1 + _PHILOX_W1) & _MASK32
+        k0, k1 = (k0 + PHILOX_W0) & _MASK32, (k1 + PHILOX_W1) & _MASK32
     return c0
 
 
@@ -74,17 +67,6 @@ def sample(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor) -
     """Reference of :func:`specalign.ops.sample`: ``argmax_v logits_v - log E_v``."""
     noise = exponential_noise(seeds, positions, logits.shape[-1])
     return torch.argmax(logits.float() - torch.log(noise), dim=-1)
-
-
-def shifted_target_logits(target: torch.Tensor, draft: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """SSS target ``tl + (dl - rl)``: softmax of it is norm(pi_ref * pi_r / pi_d) (Z is implicit).
-
-    A token that either draft gives zero probability gets zero weight (never ``inf - inf``); the
-    shift is exactly 0 where ``draft == ref``, so SSS then repeats standard mode bit for bit.
-    """
-    finite = (draft > -torch.inf) & (ref > -torch.inf)
-    shift = torch.where(finite, draft - ref, torch.full_like(draft, -torch.inf))
-    return target + shift
 
 
 def speculative_verify(draft_tokens, draft_logits, target_logits, ref_logits, seeds, positions):

@@ -1,4 +1,4 @@
-"""Reward-Shifted Speculative Sampling (SSS; Li et al., EMNLP 2025) as a drop-in ``generate`` decoding loop.
+"""Reward-Shifted Speculative Sampling (SSS; Li et al., EMNLP 2025; the math in docs/math.md) as a drop-in ``generate`` decoding loop.
 
 ::
 

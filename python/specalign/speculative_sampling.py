@@ -53,7 +53,7 @@ from transformers.generation import logits_process
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from specalign import _cache, _compat, _hf, ops, reference
+from specalign import _cache, _compat, _hf, ops
 
 # The draft's proposals use the row seed XOR this constant: a different Philox key from the verifier's.
 DRAFT_SEED_XOR = 0x5851F42D4C957F2D
@@ -305,7 +305,7 @@ class _Decoder:
         else:
             scores = step.target_scores
             if self.sss:
-                scores = reference.shifted_target_logits(scores, step.draft_logits, step.ref_logits)
+                scores = ops.shifted_target_logits(scores, step.draft_logits, step.ref_logits)
             step.emitted = scores.argmax(-1)
             step.num_accepted = (draft_tokens == step.emitted[:, :-1]).long().cumprod(-1).sum(-1)
             step.num_emitted = step.num_accepted + 1
