@@ -144,6 +144,7 @@ BAD_ARGUMENTS = {
     "greedy best-of-n": (["generate", "--world", "--method", "bon", "--greedy", "--prompt", "x"],
                          "greedy decoding is for sd and sss"),
     "unknown method": (["generate", "--world", "--method", "beam", "--prompt", "x"], "invalid choice: 'beam'"),
+    "empty prompt": (["generate", "--world", "--method", "sd", "--prompt", " "], "argument --prompt: expected a prompt"),
     "demo unknown option": (["demo", "--fast"], "unrecognized arguments: --fast"),
     "bench unknown suite": (["bench", "--suite", "gpu"], "invalid choice: 'gpu'"),
 }

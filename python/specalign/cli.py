@@ -76,6 +76,13 @@ positive_float = _bounded(float, 0.0, low_open=True, meaning="a number > 0")
 seed_value = _bounded(int, 0, 2**31, high_open=True, meaning="a seed in [0, 2**31)")
 
 
+def prompt_text(text: str) -> str:
+    """An argparse type: a prompt with at least one non-space character."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a prompt with some text, got an empty one")
+    return text
+
+
 def memory_size(text: str) -> int:
     """``"2G"``, ``"512M"``, ``"64K"`` or a plain number of bytes -> bytes (powers of 1024)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)i?B?\s*", text, flags=re.IGNORECASE)
@@ -346,7 +353,7 @@ def _generate_parser(commands):
     p.add_argument("--method", required=True, choices=sorted(METHOD_NAMES),
                    help="bon: Best-of-N, spr: Speculative Rejection, sd: speculative sampling, sss: reward-shifted "
                         "speculative sampling (see above)")
-    p.add_argument("--prompt", action="append", required=True, metavar="TEXT",
+    p.add_argument("--prompt", action="append", required=True, metavar="TEXT", type=prompt_text,
                    help="a prompt; repeat it for a batch")
     p.add_argument("--world", nargs="?", const=str(BUNDLED_WORLD), metavar="DIR",
                    help="take the models from a world: alone, the bundled one; or a folder made by "
