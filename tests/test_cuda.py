@@ -21,7 +21,7 @@ import test_speculative_sampling as sps_tests
 import test_speculative_verify as verify_tests
 import test_speculative_verify_probs as probs_tests
 import torch
-from conftest import assert_same_output
+from helpers import assert_same_output
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from specalign import RewardModel, RewardShiftedSpeculativeSampling, SpeculativeRejection, SpeculativeSampling, ops
