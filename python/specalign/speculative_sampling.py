@@ -213,7 +213,7 @@ class _Decoder:
 
     def generate(self, input_ids, attention_mask):
         rows = self._prefill(input_ids.to(self.device), attention_mask)
-        bar = tqdm(total=self.max_length - self.prompt_length, desc=type(self.method).__name__,
+        bar = tqdm(total=self.max_length - self.prompt_length, desc="SSS" if self.sss else "speculative sampling",
                    disable=not self.method.progress, unit="tok")
         while len(rows):
             step = self._propose(rows)
