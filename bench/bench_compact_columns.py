@@ -1,13 +1,15 @@
-"""compact_columns on a KV cache against the reference and a batched PyTorch gather.
+"""compact_columns on a KV cache against the reference and a batched PyTorch index_select.
 
     python bench/bench_compact_columns.py [--threads 1] [--layers 16 --batch 64 --heads 8 --length 512 --head-dim 64]
 
 The cache of bench_compact_rows.py; row ``b`` drops its last ``b % 5`` positions (the rejected drafts
 of a K = 4 step). HF has no per-row crop. The PyTorch version right-aligns each row with one
-``gather`` per tensor into a new tensor and zeroes the freed positions. Minimum bytes: each kept
+``index_select`` of sequence positions per tensor into a new tensor and zeroes the freed positions. Minimum bytes: each kept
 position that moves is read and written once, each freed position written once.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from common import Table, cache_tensors, devices, make_cache, parse_args
@@ -35,17 +37,20 @@ def min_bytes(tensors, keep_mask):
 
 
 def pytorch_compact_columns(tensors, keep_mask, dim):
-    """Right-align every row's kept positions with a gather per tensor (out of place)."""
-    length = keep_mask.shape[1]
+    """Right-align every row's kept positions out of place, as a user would batch it: the sequence
+    positions of a contiguous [B, M, S, N] view become rows of a [B*M*S, N] matrix, gathered with
+    one index_select per tensor; the freed positions are zeroed."""
+    batch, length = keep_mask.shape
     order = torch.sort(keep_mask.to(torch.int8), dim=1, stable=True).indices  # freed positions first, then the kept
-    kept = keep_mask.sum(-1, keepdim=True)
-    attention_mask = torch.arange(length, device=keep_mask.device) >= length - kept
+    attention_mask = torch.arange(length, device=keep_mask.device) >= length - keep_mask.sum(-1, keepdim=True)
     out = []
     for t in tensors:
-        shape = [1] * t.dim()
-        shape[0], shape[dim] = t.shape[0], length
-        index = order.view(shape).expand_as(t)
-        out.append(t.gather(dim, index) * attention_mask.view(shape).to(t.dtype))
+        middle = math.prod(t.shape[1:dim])
+        rows = (torch.arange(batch * middle, device=t.device).view(batch, middle, 1) * length + order[:, None, :]).flatten()
+        gathered = t.reshape(batch * middle * length, -1).index_select(0, rows).view(t.shape)
+        shape = [batch] + [1] * (t.dim() - 1)
+        shape[dim] = length
+        out.append(gathered * attention_mask.view(shape).to(t.dtype))
     return out, attention_mask
 
 
@@ -63,12 +68,12 @@ def main():
         if table is None:
             table = Table(f"compact_columns: {args.layers} layers x keys and values [{args.batch}, {args.heads}, "
                           f"{args.length}, {args.head_dim}] bf16, row b drops its last b % 5 positions",
-                          min_bytes(tensors, keep_mask_cpu), baseline="PyTorch gather (out of place)")
+                          min_bytes(tensors, keep_mask_cpu), baseline="PyTorch index_select (out of place)")
         kernel = "cpp" if device.type == "cpu" else "triton"
         # In place: every round moves the same positions again (the mask is the same).
         table.time(kernel, device, lambda: ops.compact_columns(tensors, keep_mask, dim=2, backend=kernel),
                    max(3, args.rounds // 2))
-        table.time("PyTorch gather (out of place)", device, lambda: pytorch_compact_columns(tensors, keep_mask, 2), 3)
+        table.time("PyTorch index_select (out of place)", device, lambda: pytorch_compact_columns(tensors, keep_mask, 2), 3)
         if device.type == "cpu":
             table.time("reference", device, lambda: ops.compact_columns(tensors, keep_mask, dim=2, backend="reference"), 3)
         del tensors

@@ -7,7 +7,7 @@ Inputs: fp32 logits 2*N(0,1). Minimum bytes: the logits, read once.
 from __future__ import annotations
 
 import torch
-from common import Table, devices, parse_args
+from common import Table, devices, paired_ratio, parse_args
 
 from specalign import ops
 
@@ -30,6 +30,11 @@ def main():
 
         table.time(f"{kernel} (check_values=True, the default)", device, lambda: ours(True), args.rounds)
         table.time(f"{kernel} (check_values=False)", device, lambda: ours(False), args.rounds)
+        ratio = paired_ratio(lambda: ours(True), lambda: ours(False), device, args.pairs)
+        table.note(f"{kernel}: check_values=True / False, median of {args.pairs} interleaved pairs: {ratio:.3f}")
+        ratio = paired_ratio(lambda: torch.multinomial(torch.softmax(logits, -1), 1), lambda: ours(True), device, args.pairs // 4)
+        table.note(f"{table.baseline} / {kernel} (check_values=True), median of {args.pairs // 4} interleaved pairs: "
+                   f"{ratio:.2f}")
         table.time("PyTorch softmax + multinomial (HF _sample)", device,
                    lambda: torch.multinomial(torch.softmax(logits, -1), 1), args.rounds)
         if device.type == "cpu":

@@ -1,6 +1,6 @@
 """speculative_verify (standard and SSS) against the reference, HF and a plain batched PyTorch verify.
 
-    python bench/bench_speculative_verify.py [--threads 1] [--batch 64 --draft 4 --vocab 32000]
+    python bench/bench_speculative_verify.py [--threads 1] [--mode both] [--batch 64 --draft 4 --vocab 32000]
 
 Inputs: fp32 target logits 2*N(0,1), draft = target + 0.7*N(0,1) (SSS: ref = draft + 0.3*N(0,1)), the
 drafts drawn from the draft, so rows accept a varying prefix. ``check_values=True`` is the default
@@ -13,7 +13,7 @@ accepts all K drafts reads its bonus row (1 row; SSS 3); the residual re-reads a
 from __future__ import annotations
 
 import torch
-from common import Table, devices, make_verify_inputs, parse_args
+from common import Table, devices, make_verify_inputs, paired_ratio, parse_args
 from transformers.generation.utils import _speculative_sampling
 
 from specalign import ops
@@ -83,6 +83,11 @@ def run(args, sss):
 
         table.time(f"{kernel} (check_values=True, the default)", device, lambda: ours(True), args.rounds)
         table.time(f"{kernel} (check_values=False)", device, lambda: ours(False), args.rounds)
+        ratio = paired_ratio(lambda: ours(True), lambda: ours(False), device, args.pairs)
+        table.note(f"{kernel}: check_values=True / False, median of {args.pairs} interleaved pairs: {ratio:.3f}")
+        ratio = paired_ratio(lambda: pytorch_verify(*arguments), lambda: ours(True), device, args.pairs // 4)
+        table.note(f"{table.baseline} / {kernel} (check_values=True), median of {args.pairs // 4} interleaved pairs: "
+                   f"{ratio:.2f}")
         table.time("PyTorch batched", device, lambda: pytorch_verify(*arguments), max(3, args.rounds // 4))
         if not sss:
             table.time("HF _speculative_sampling, looped over rows", device, lambda: hf_verify(x, args.draft), 3)
@@ -97,9 +102,11 @@ def run(args, sss):
 def main():
     args = parse_args(__doc__, lambda p: (p.add_argument("--batch", type=int, default=64),
                                           p.add_argument("--draft", type=int, default=4),
-                                          p.add_argument("--vocab", type=int, default=32000)))
+                                          p.add_argument("--vocab", type=int, default=32000),
+                                          p.add_argument("--mode", choices=["standard", "sss", "both"], default="both")))
     for sss in (False, True):
-        run(args, sss)
+        if args.mode in ("both", "sss" if sss else "standard"):
+            run(args, sss)
 
 
 if __name__ == "__main__":

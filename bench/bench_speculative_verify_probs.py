@@ -11,7 +11,7 @@ row that rejects, or one row (p) per row that accepts all K; reading all of p an
 from __future__ import annotations
 
 import torch
-from common import Table, devices, make_verify_inputs, parse_args
+from common import Table, devices, make_verify_inputs, paired_ratio, parse_args
 
 from specalign import ops
 
@@ -59,6 +59,11 @@ def main():
                           min_bytes(accepted, args.draft, args.vocab, 4), baseline="PyTorch batched")
         table.time(f"{kernel} (check_values=True, the default)", device, lambda: ours(True), args.rounds)
         table.time(f"{kernel} (check_values=False)", device, lambda: ours(False), args.rounds)
+        ratio = paired_ratio(lambda: ours(True), lambda: ours(False), device, args.pairs)
+        table.note(f"{kernel}: check_values=True / False, median of {args.pairs} interleaved pairs: {ratio:.3f}")
+        ratio = paired_ratio(lambda: pytorch_verify_probs(x["drafts"], draft_probs, target_probs), lambda: ours(True), device, args.pairs // 4)
+        table.note(f"{table.baseline} / {kernel} (check_values=True), median of {args.pairs // 4} interleaved pairs: "
+                   f"{ratio:.2f}")
         table.time("PyTorch batched", device, lambda: pytorch_verify_probs(x["drafts"], draft_probs, target_probs),
                    max(3, args.rounds // 4))
         if device.type == "cpu":

@@ -26,6 +26,7 @@ def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads on the CPU (default 1)")
     parser.add_argument("--rounds", type=int, default=20, help="timed calls of the fast implementations")
+    parser.add_argument("--pairs", type=int, default=40, help="interleaved pairs behind each ratio of two implementations")
     if extra is not None:
         extra(parser)
     args = parser.parse_args()
@@ -58,6 +59,16 @@ def seconds(function: Callable[[], object], device: torch.device, rounds: int, s
         if call >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def paired_ratio(function, baseline, device: torch.device, rounds: int) -> float:
+    """Median over ``rounds`` interleaved pairs of time(function) / time(baseline): on a shared machine
+    the pair sees the same load, so small differences survive the noise that separate medians drown."""
+    ratios = []
+    for _ in range(rounds + 1):
+        pair = [seconds(f, device, rounds=1, warmup=0) for f in (function, baseline)]
+        ratios.append(pair[0] / pair[1])
+    return statistics.median(ratios[1:])
 
 
 def make_verify_inputs(batch, num_draft, vocab, device):
@@ -121,6 +132,9 @@ class Table:
              setup: Callable[[], None] | None = None) -> None:
         self.timings.append(Timing(name, device, seconds(function, device, rounds, setup)))
 
+    def note(self, line: str) -> None:
+        self.notes.append(line)
+
     def skip(self, name: str, why: str) -> None:
         self.notes.append(f"{name}: skipped ({why})")
 
@@ -132,13 +146,13 @@ class Table:
             print(f"  {device.type}: copy bandwidth {bandwidth / 1e9:.1f} GB/s, floor {self.min_bytes / bandwidth * 1e3:.3f} ms")
         baseline = {t.device: t.seconds for t in self.timings if t.name == self.baseline}
         header = f"  {'implementation':<42}{'device':>7}{'ms':>10}{'GB/s':>9}{'% copy':>8}"
-        print(header + (f"{'vs ' + self.baseline:>28}" if self.baseline else ""))
+        print(header + (f"  vs {self.baseline}" if self.baseline else ""))
         for t in self.timings:
             rate = self.min_bytes / t.seconds
             line = (f"  {t.name:<42}{t.device.type:>7}{t.seconds * 1e3:>10.3f}{rate / 1e9:>9.2f}"
                     f"{100 * rate / copy_bandwidth(t.device):>7.1f}%")
             if t.device in baseline:
-                line += f"{baseline[t.device] / t.seconds:>27.2f}x"
+                line += f"{baseline[t.device] / t.seconds:>8.2f}x"
             print(line)
         for note in self.notes:
             print(f"  {note}")

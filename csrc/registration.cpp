@@ -1,4 +1,5 @@
-// The specalign op schemas (one definition for every backend) and their CPU kernels.
+// The specalign op schemas (one definition for every backend) and their CPU kernels. The sampling ops
+// return a 0-dim int32 status of value-check flags besides their result (python/specalign/value_checks.py).
 // CUDA kernels (Triton) and fake implementations are registered in python/specalign/_library.py.
 #include <Python.h>
 #include <torch/library.h>
@@ -7,10 +8,10 @@
 
 TORCH_LIBRARY(specalign, m) {
   m.def("speculative_verify(Tensor draft_tokens, Tensor draft_logits, Tensor target_logits, Tensor? ref_logits, "
-        "Tensor seeds, Tensor positions) -> (Tensor tokens, Tensor num_accepted, Tensor num_emitted)");
+        "Tensor seeds, Tensor positions) -> (Tensor tokens, Tensor num_accepted, Tensor num_emitted, Tensor status)");
   m.def("speculative_verify_probs(Tensor draft_tokens, Tensor draft_probs, Tensor target_probs, Tensor seeds, "
-        "Tensor positions) -> (Tensor tokens, Tensor num_accepted, Tensor num_emitted)");
-  m.def("sample(Tensor logits, Tensor seeds, Tensor positions) -> Tensor");
+        "Tensor positions) -> (Tensor tokens, Tensor num_accepted, Tensor num_emitted, Tensor status)");
+  m.def("sample(Tensor logits, Tensor seeds, Tensor positions) -> (Tensor tokens, Tensor status)");
   m.def("compact_rows(Tensor(a!)[] tensors, Tensor keep, int[] dims) -> ()");
   m.def("compact_columns(Tensor(a!)[] tensors, Tensor keep_mask, int[] dims) -> (Tensor lengths, Tensor attention_mask)");
 }

@@ -1,4 +1,5 @@
-"""Bad arguments raise ValueError naming the argument, before any kernel runs (every backend)."""
+"""Bad arguments raise a ValueError or TypeError naming the argument: types, shapes, dtypes and devices
+before any kernel runs, values from the kernels' own checks (on every backend)."""
 import pytest
 import torch
 
@@ -9,15 +10,18 @@ META = torch.device("meta")  # a second device on a CPU-only machine
 
 
 def verify_args():
+    """Drafts whose distribution is the target's: every draft is accepted, so the verification reads
+    every row (up to a row a bad value makes it reject at), the bonus row included."""
     g = torch.Generator().manual_seed(0)
-    return dict(draft_tokens=torch.randint(0, V, (B, K), generator=g), draft_logits=torch.randn(B, K, V, generator=g),
-                target_logits=torch.randn(B, K + 1, V, generator=g), ref_logits=None,
-                seeds=torch.arange(B), positions=torch.zeros(B, dtype=torch.int64))
+    target_logits = torch.randn(B, K + 1, V, generator=g)
+    return dict(draft_tokens=torch.randint(0, V, (B, K), generator=g), draft_logits=target_logits[:, :K].clone(),
+                target_logits=target_logits, ref_logits=None, seeds=torch.arange(B), positions=torch.zeros(B, dtype=torch.int64))
 
 
 def sss_args():
-    args = verify_args()
-    return dict(args, draft_logits=torch.randn(B, K + 1, V), ref_logits=torch.randn(B, K + 1, V))
+    """SSS with target == ref: the shifted target is the draft's, so again every draft is accepted."""
+    ref_logits = torch.randn(B, K + 1, V, generator=torch.Generator().manual_seed(1))
+    return dict(verify_args(), draft_logits=torch.randn(B, K + 1, V), target_logits=ref_logits.clone(), ref_logits=ref_logits)
 
 
 def probs_args():
@@ -36,13 +40,16 @@ def with_value(tensor, index, value):
     return tensor
 
 
+def at_draft(a, b, j):
+    """The index of row b's j-th drafted token in a [B, rows, V] tensor: an entry acceptance reads."""
+    return b, j, int(a["draft_tokens"][b, j])
+
+
 VERIFY_CASES = {
     # draft_tokens
     "draft_tokens float": (lambda a: dict(draft_tokens=a["draft_tokens"].float()), "draft_tokens"),
     "draft_tokens 1-D": (lambda a: dict(draft_tokens=a["draft_tokens"][0]), "draft_tokens"),
     "draft_tokens K=0": (lambda a: dict(draft_tokens=a["draft_tokens"][:, :0]), "draft_tokens"),
-    "draft_tokens id V": (lambda a: dict(draft_tokens=with_value(a["draft_tokens"], (1, 2), V)), "draft_tokens"),
-    "draft_tokens id -1": (lambda a: dict(draft_tokens=with_value(a["draft_tokens"], (0, 0), -1)), "draft_tokens"),
     "draft_tokens seeds positions on meta": (
         lambda a: dict(draft_tokens=a["draft_tokens"].to(META), seeds=a["seeds"].to(META),
                        positions=a["positions"].to(META)), "draft_tokens|draft_logits|target_logits"),
@@ -56,18 +63,12 @@ VERIFY_CASES = {
     "draft_logits other V": (lambda a: dict(draft_logits=torch.randn(B, K, V + 1)), "draft_logits"),
     "draft_logits bfloat16": (lambda a: dict(draft_logits=a["draft_logits"].bfloat16()), "draft_logits"),
     "draft_logits on meta": (lambda a: dict(draft_logits=a["draft_logits"].to(META)), "draft_logits"),
-    "draft_logits NaN": (lambda a: dict(draft_logits=with_value(a["draft_logits"], (1, 1, 3), torch.nan)), "draft_logits"),
-    "draft_logits +inf": (lambda a: dict(draft_logits=with_value(a["draft_logits"], (0, 2, 0), torch.inf)), "draft_logits"),
-    "draft_logits -inf row": (lambda a: dict(draft_logits=with_value(a["draft_logits"], (1, 0), -torch.inf)), "draft_logits"),
     # target_logits
     "target_logits K rows": (lambda a: dict(target_logits=a["target_logits"][:, :K]), "target_logits"),
     "target_logits float64": (lambda a: dict(target_logits=a["target_logits"].double()), "target_logits"),
     "target_logits empty V": (lambda a: dict(draft_logits=torch.randn(B, K, 0), target_logits=torch.randn(B, K + 1, 0)),
                               "target_logits"),
     "target_logits on meta": (lambda a: dict(target_logits=a["target_logits"].to(META)), "target"),
-    "target_logits NaN": (lambda a: dict(target_logits=with_value(a["target_logits"], (0, 3, 4), torch.nan)), "target_logits"),
-    "target_logits +inf": (lambda a: dict(target_logits=with_value(a["target_logits"], (1, 0, 10), torch.inf)), "target_logits"),
-    "target_logits -inf row": (lambda a: dict(target_logits=with_value(a["target_logits"], (0, K), -torch.inf)), "target_logits"),
     # seeds, positions
     "seeds int32": (lambda a: dict(seeds=a["seeds"].int()), "seeds"),
     "seeds B+1": (lambda a: dict(seeds=torch.arange(B + 1)), "seeds"),
@@ -76,7 +77,6 @@ VERIFY_CASES = {
     "positions int32": (lambda a: dict(positions=a["positions"].int()), "positions"),
     "positions float": (lambda a: dict(positions=a["positions"].float()), "positions"),
     "positions B-1": (lambda a: dict(positions=a["positions"][1:]), "positions"),
-    "positions negative": (lambda a: dict(positions=with_value(a["positions"], 1, -1)), "positions"),
     "positions on meta": (lambda a: dict(positions=a["positions"].to(META)), "positions"),
     # backend
     "backend name": (lambda a: dict(backend="cuda"), "backend"),
@@ -87,34 +87,17 @@ SSS_CASES = {
     "ref_logits K rows, draft K+1": (lambda a: dict(ref_logits=a["ref_logits"][:, :K]), "ref_logits"),
     "ref_logits float16": (lambda a: dict(ref_logits=a["ref_logits"].half()), "ref_logits"),
     "ref_logits on meta": (lambda a: dict(ref_logits=a["ref_logits"].to(META)), "ref_logits"),
-    "ref_logits NaN": (lambda a: dict(ref_logits=with_value(a["ref_logits"], (0, 1, 1), torch.nan)), "ref_logits"),
-    "ref_logits +inf": (lambda a: dict(ref_logits=with_value(a["ref_logits"], (0, 1, 1), torch.inf)), "ref_logits"),
-    "ref_logits -inf where draft finite": (
-        lambda a: dict(ref_logits=with_value(a["ref_logits"], (1, 2, 5), -torch.inf)), "ref_logits"),
-    "shifted target zero everywhere": (
-        lambda a: dict(draft_logits=with_value(a["draft_logits"], (0, 1, slice(0, 6)), -torch.inf),
-                       ref_logits=with_value(a["ref_logits"], (0, 1, slice(0, 6)), -torch.inf),
-                       target_logits=with_value(a["target_logits"], (0, 1, slice(6, None)), -torch.inf)),
-        "draft_logits and target_logits"),
 }
 
 PROBS_CASES = {
-    "draft_tokens id V": (lambda a: dict(draft_tokens=with_value(a["draft_tokens"], (0, 1), V)), "draft_tokens"),
     "draft_tokens int16": (lambda a: dict(draft_tokens=a["draft_tokens"].short()), "draft_tokens"),
-    "draft_probs negative": (lambda a: dict(draft_probs=with_value(a["draft_probs"], (0, 0, 0), -0.1)), "draft_probs"),
-    "draft_probs NaN": (lambda a: dict(draft_probs=with_value(a["draft_probs"], (1, 2, 3), torch.nan)), "draft_probs"),
-    "draft_probs +inf": (lambda a: dict(draft_probs=with_value(a["draft_probs"], (1, 2, 3), torch.inf)), "draft_probs"),
-    "draft_probs zero row": (lambda a: dict(draft_probs=with_value(a["draft_probs"], (1, 1), 0.0)), "draft_probs"),
     "draft_probs K+1 rows": (lambda a: dict(draft_probs=torch.rand(B, K + 1, V)), "draft_probs"),
     "draft_probs other V": (lambda a: dict(draft_probs=torch.rand(B, K, V + 2)), "draft_probs"),
     "draft_probs float16": (lambda a: dict(draft_probs=a["draft_probs"].half()), "draft_probs"),
     "draft_probs on meta": (lambda a: dict(draft_probs=a["draft_probs"].to(META)), "draft_probs"),
-    "target_probs negative": (lambda a: dict(target_probs=with_value(a["target_probs"], (1, K, 2), -1.0)), "target_probs"),
-    "target_probs zero row": (lambda a: dict(target_probs=with_value(a["target_probs"], (0, K), 0.0)), "target_probs"),
     "target_probs K rows": (lambda a: dict(target_probs=a["target_probs"][:, :K]), "target_probs"),
     "target_probs float64": (lambda a: dict(target_probs=a["target_probs"].double()), "target_probs"),
     "seeds B-1": (lambda a: dict(seeds=a["seeds"][1:]), "seeds"),
-    "positions negative": (lambda a: dict(positions=with_value(a["positions"], 0, -5)), "positions"),
     "backend name": (lambda a: dict(backend="torch"), "backend"),
 }
 
@@ -125,15 +108,77 @@ SAMPLE_CASES = {
     "logits int64": (lambda a: dict(logits=a["logits"].long()), "logits"),
     "logits empty V": (lambda a: dict(logits=torch.randn(B, 0)), "logits"),
     "logits on meta": (lambda a: dict(logits=a["logits"].to(META)), "logits"),
-    "logits NaN": (lambda a: dict(logits=with_value(a["logits"], (1, 4), torch.nan)), "logits"),
-    "logits +inf": (lambda a: dict(logits=with_value(a["logits"], (0, 4), torch.inf)), "logits"),
-    "logits -inf row": (lambda a: dict(logits=with_value(a["logits"], 1, -torch.inf)), "logits"),
     "seeds B+1": (lambda a: dict(seeds=torch.arange(B + 1)), "seeds"),
     "seeds float": (lambda a: dict(seeds=a["seeds"].float()), "seeds"),
     "positions int32": (lambda a: dict(positions=a["positions"].int()), "positions"),
-    "positions negative": (lambda a: dict(positions=with_value(a["positions"], 0, -1)), "positions"),
     "backend name": (lambda a: dict(backend="CPP"), "backend"),
 }
+
+
+# Values: found by the kernels, so run on more than one backend. The bad value sits in a row the op reads.
+VERIFY_VALUE_CASES = {
+    "draft_tokens id V": (lambda a: dict(draft_tokens=with_value(a["draft_tokens"], (1, 2), V)), "draft_tokens"),
+    "draft_tokens id -1": (lambda a: dict(draft_tokens=with_value(a["draft_tokens"], (0, 0), -1)), "draft_tokens"),
+    "positions negative": (lambda a: dict(positions=with_value(a["positions"], 1, -1)), "positions"),
+    "draft_logits NaN": (lambda a: dict(draft_logits=with_value(a["draft_logits"], (1, 1, 3), torch.nan)), "draft_logits"),
+    "draft_logits +inf": (lambda a: dict(draft_logits=with_value(a["draft_logits"], (0, 2, 0), torch.inf)), "draft_logits"),
+    "draft_logits -inf row": (lambda a: dict(draft_logits=with_value(a["draft_logits"], (1, 0), -torch.inf)), "draft_logits"),
+    "target_logits NaN": (lambda a: dict(target_logits=with_value(a["target_logits"], (0, 1, 4), torch.nan)), "target_logits"),
+    "target_logits NaN, bonus row": (
+        lambda a: dict(target_logits=with_value(a["target_logits"], (0, K, 4), torch.nan)), "target_logits"),
+    "target_logits +inf": (lambda a: dict(target_logits=with_value(a["target_logits"], (1, 0, 10), torch.inf)), "target_logits"),
+    "target_logits -inf row": (lambda a: dict(target_logits=with_value(a["target_logits"], (0, 2), -torch.inf)), "target_logits"),
+    "target_logits -inf row, bonus row": (
+        lambda a: dict(target_logits=with_value(a["target_logits"], (0, K), -torch.inf)), "target_logits"),
+}
+
+SSS_VALUE_CASES = {
+    "ref_logits NaN": (lambda a: dict(ref_logits=with_value(a["ref_logits"], (0, 1, 1), torch.nan)), "ref_logits"),
+    "ref_logits +inf": (lambda a: dict(ref_logits=with_value(a["ref_logits"], (0, 1, 1), torch.inf)), "ref_logits"),
+    "ref_logits -inf where draft finite": (
+        lambda a: dict(ref_logits=with_value(a["ref_logits"], (1, 2, 5), -torch.inf)), "ref_logits"),
+    "ref_logits NaN, bonus row": (lambda a: dict(ref_logits=with_value(a["ref_logits"], (1, K, 0), torch.nan)), "ref_logits"),
+    "draft_logits NaN, bonus row": (
+        lambda a: dict(draft_logits=with_value(a["draft_logits"], (0, K, 2), torch.nan)), "draft_logits"),
+    "shifted target zero everywhere": (
+        lambda a: dict(draft_logits=with_value(a["draft_logits"], (0, 1, slice(0, 6)), -torch.inf),
+                       ref_logits=with_value(a["ref_logits"], (0, 1, slice(0, 6)), -torch.inf),
+                       target_logits=with_value(a["target_logits"], (0, 1, slice(6, None)), -torch.inf)),
+        "draft_logits and target_logits"),
+}
+
+PROBS_VALUE_CASES = {
+    "draft_tokens id V": (lambda a: dict(draft_tokens=with_value(a["draft_tokens"], (0, 1), V)), "draft_tokens"),
+    "positions negative": (lambda a: dict(positions=with_value(a["positions"], 0, -5)), "positions"),
+    "draft_probs negative": (lambda a: dict(draft_probs=with_value(a["draft_probs"], at_draft(a, 0, 0), -0.1)), "draft_probs"),
+    "draft_probs NaN": (lambda a: dict(draft_probs=with_value(a["draft_probs"], at_draft(a, 1, 2), torch.nan)), "draft_probs"),
+    "draft_probs +inf": (lambda a: dict(draft_probs=with_value(a["draft_probs"], at_draft(a, 1, 2), torch.inf)), "draft_probs"),
+    "draft_probs zero row": (lambda a: dict(draft_probs=with_value(a["draft_probs"], (1, 1), 0.0)), "draft_probs"),
+    "target_probs NaN": (lambda a: dict(target_probs=with_value(a["target_probs"], at_draft(a, 0, 1), torch.nan)), "target_probs"),
+    "target_probs negative": (lambda a: dict(target_probs=with_value(a["target_probs"], (1, K, 2), -1.0)), "target_probs"),
+    "target_probs zero row": (lambda a: dict(target_probs=with_value(a["target_probs"], (0, K), 0.0)), "target_probs"),
+}
+
+SAMPLE_VALUE_CASES = {
+    "logits NaN": (lambda a: dict(logits=with_value(a["logits"], (1, 4), torch.nan)), "logits"),
+    "logits +inf": (lambda a: dict(logits=with_value(a["logits"], (0, 4), torch.inf)), "logits"),
+    "logits -inf row": (lambda a: dict(logits=with_value(a["logits"], 1, -torch.inf)), "logits"),
+    "positions negative": (lambda a: dict(positions=with_value(a["positions"], 0, -1)), "positions"),
+}
+
+VALUE_CASES = [(op, make_args, name, change, match) for op, make_args, cases in (
+    (ops.speculative_verify, verify_args, VERIFY_VALUE_CASES), (ops.speculative_verify, sss_args, SSS_VALUE_CASES),
+    (ops.speculative_verify_probs, probs_args, PROBS_VALUE_CASES), (ops.sample, sample_args, SAMPLE_VALUE_CASES))
+    for name, (change, match) in cases.items()]
+VALUE_IDS = [f"{make_args.__name__.removesuffix('_args')}: {name}" for _, make_args, name, _, _ in VALUE_CASES]
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])  # test_value_checks.py ties Triton's flags to these
+@pytest.mark.parametrize("op, make_args, name, change, match", VALUE_CASES, ids=VALUE_IDS)
+def test_bad_values_raise(op, make_args, name, change, match, backend):
+    args = make_args()
+    with pytest.raises(ValueError, match=match):
+        op(**dict(args, **change(args)), backend=backend)
 
 
 @pytest.mark.parametrize("change, match", VERIFY_CASES.values(), ids=VERIFY_CASES.keys())
@@ -162,6 +207,23 @@ def test_sample_rejects(change, match):
     args = sample_args()
     with pytest.raises(ValueError, match=match):
         ops.sample(**dict(args, **change(args)))
+
+
+TYPE_CASES = {
+    "seeds an int": (ops.sample, sample_args, dict(seeds=3), "seeds"),
+    "positions a list": (ops.sample, sample_args, dict(positions=[0, 0]), "positions"),
+    "logits a list": (ops.sample, sample_args, dict(logits=[[0.0, 1.0], [1.0, 0.0]]), "logits"),
+    "draft_tokens a list": (ops.speculative_verify, verify_args, dict(draft_tokens=[[0, 1, 2], [3, 4, 5]]), "draft_tokens"),
+    "ref_logits an array": (ops.speculative_verify, sss_args, dict(ref_logits=torch.zeros(B, K + 1, V).numpy()), "ref_logits"),
+    "verify seeds an int": (ops.speculative_verify, verify_args, dict(seeds=3), "seeds"),
+    "target_probs a float": (ops.speculative_verify_probs, probs_args, dict(target_probs=0.5), "target_probs"),
+}
+
+
+@pytest.mark.parametrize("op, make_args, change, match", TYPE_CASES.values(), ids=TYPE_CASES.keys())
+def test_arguments_of_the_wrong_type_raise_type_errors(op, make_args, change, match):
+    with pytest.raises(TypeError, match=match):
+        op(**dict(make_args(), **change))
 
 
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
@@ -200,6 +262,48 @@ def test_compact_rows_rejects(change, match):
         ops.compact_rows(**dict(args, **change(args)))
 
 
+def test_compact_rows_rejects_a_bare_tensor_and_leaves_it_alone():
+    """A tensor is not a list of tensors: iterating it would compact each row's columns instead."""
+    x = torch.arange(12).view(4, 3)
+    with pytest.raises(TypeError, match="tensors"):
+        ops.compact_rows(x, torch.tensor([1, 3]))
+    assert torch.equal(x, torch.arange(12).view(4, 3))
+
+
+def test_compact_rows_rejects_keep_of_the_wrong_type():
+    with pytest.raises(TypeError, match="keep"):
+        ops.compact_rows([torch.zeros(4, 3)], [0, 2])
+
+
+def overlapping_views():
+    """Views of one buffer that share memory without being the same tensor, and interleaved ones."""
+    buffer = torch.arange(40.0).view(8, 5)
+    return {
+        "rows 0-4 and 2-6": ([buffer[:5], buffer[2:7]], r"tensors\[1\] and tensors\[0\] share memory"),
+        "a view inside another": ([buffer[:, 1:3], buffer[:4]], r"tensors\[1\] and tensors\[0\] share memory"),
+        "interleaved columns": ([buffer[:4, ::2], buffer[:4, 1::2]], "share memory"),
+    }
+
+
+@pytest.mark.parametrize("case", list(overlapping_views()))
+def test_compaction_rejects_tensors_that_share_memory(case):
+    tensors, match = overlapping_views()[case]
+    before = [t.clone() for t in tensors]
+    with pytest.raises(ValueError, match=match):
+        ops.compact_rows(tensors, torch.tensor([1, 3]))
+    with pytest.raises(ValueError, match=match):
+        ops.compact_columns([t[:, :2] for t in tensors], torch.ones(4, 2, dtype=torch.bool), dim=1)
+    assert all(torch.equal(t, b) for t, b in zip(tensors, before)), "nothing may move before the error"
+
+
+def test_compaction_accepts_disjoint_views_of_one_buffer():
+    buffer = torch.arange(40.0).view(8, 5)
+    keys, values = buffer[:4], buffer[4:]
+    ops.compact_rows([keys, values], torch.tensor([1, 3]))
+    assert torch.equal(keys[:2], torch.arange(40.0).view(8, 5)[[1, 3]])
+    assert torch.equal(values[:2], torch.arange(40.0).view(8, 5)[[5, 7]])
+
+
 def columns_args():
     return dict(tensors=[torch.randn(2, 3, 5, 4), torch.arange(10).view(2, 5)],
                 keep_mask=torch.tensor([[1, 1, 0, 1, 0], [0, 1, 1, 1, 1]]).bool(), dim=[2, 1])
@@ -229,3 +333,10 @@ def test_compact_columns_rejects(change, match):
     args = columns_args()
     with pytest.raises(ValueError, match=match):
         ops.compact_columns(**dict(args, **change(args)))
+
+
+@pytest.mark.parametrize("change, match", [(dict(tensors=torch.zeros(2, 5)), "tensors"),
+                                           (dict(keep_mask=[[True] * 5] * 2), "keep_mask")], ids=["bare tensor", "mask a list"])
+def test_compact_columns_rejects_arguments_of_the_wrong_type(change, match):
+    with pytest.raises(TypeError, match=match):
+        ops.compact_columns(**dict(columns_args(), **change))

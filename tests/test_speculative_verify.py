@@ -18,7 +18,7 @@ from helpers import (
     random_positions,
     random_seeds,
 )
-from specalign import ops, reference
+from specalign import ops
 
 CASES = (
     "random",

@@ -94,7 +94,8 @@ def _verify_outputs_like(draft_tokens):
     batch, num_draft = draft_tokens.shape
     return (draft_tokens.new_empty((batch, num_draft + 1), dtype=torch.long),
             draft_tokens.new_empty((batch,), dtype=torch.long),
-            draft_tokens.new_empty((batch,), dtype=torch.long))
+            draft_tokens.new_empty((batch,), dtype=torch.long),
+            draft_tokens.new_empty((), dtype=torch.int32))
 
 
 # --- sample ----------------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ def _sample_reference(logits, seeds, positions):
 
 
 def _sample_fake(logits, seeds, positions):
-    return logits.new_empty((logits.shape[0],), dtype=torch.long)
+    return logits.new_empty((logits.shape[0],), dtype=torch.long), logits.new_empty((), dtype=torch.int32)
 
 
 _register("sample", _sample_triton, _sample_reference, _sample_fake)

@@ -11,9 +11,11 @@ All randomness is keyed by ``(seeds[b], positions[b] + j, vocab index)`` (see
 :mod:`specalign.random_streams`), so every backend gives the same tokens for the same seeds, and a
 row's tokens never depend on the other rows of the batch.
 
-Arguments are checked here, once, for every backend: shapes, dtypes and devices always; values
-(NaN or ``+inf`` logits, token ids and keep indices out of range, repeated keep indices) when
-``check_values=True``, which costs a pass over the inputs and a host sync.
+Arguments are checked here, once, for every backend: types, shapes, dtypes and devices always. The
+values of the sampling ops' inputs (NaN or ``+inf``, empty rows, draft ids out of range, negative
+positions) are checked by the kernels in their own pass over the inputs and reported in a status
+that the wrapper reads once when ``check_values=True`` (:mod:`specalign.value_checks`). The
+compaction ops check their indices here (one host read).
 
 The pieces of one op (a checklist for the next one):
 
@@ -33,7 +35,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from specalign import _library
+from specalign import _library, value_checks
+from specalign.value_checks import raise_for_status
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BACKENDS = (None, "reference", "cpp", "triton")
@@ -110,7 +113,11 @@ def speculative_verify(
         seeds: ``[B]`` int64, one random stream per row.
         positions: ``[B]`` int64 >= 0, the sequence position of each row's first draft token.
         backend: ``None`` (by device), ``"reference"``, ``"cpp"`` or ``"triton"``.
-        check_values: scan the inputs for NaN/``+inf`` and out-of-range token ids.
+        check_values: raise ``ValueError`` for NaN or ``+inf`` logits, a row that is ``-inf``
+            everywhere, draft ids outside ``[0, V)`` and negative positions, as the kernel finds
+            them while reading (rows after a request's first rejection are not read; see
+            :mod:`specalign.value_checks`). One host sync. Without it an out-of-range draft id
+            counts as rejected, and NaN or ``+inf`` logits give unspecified tokens.
 
     Returns:
         :class:`VerifyOutput` ``(tokens [B, K+1], num_accepted [B], num_emitted [B])``.
@@ -127,6 +134,8 @@ def speculative_verify(
         (torch.Size([2, 4]), torch.Size([2]))
     """
     _check_backend(backend)
+    _check_types(draft_tokens=draft_tokens, draft_logits=draft_logits, target_logits=target_logits,
+                 ref_logits=ref_logits, seeds=seeds, positions=positions)
     batch, num_draft = _check_tokens(draft_tokens)
     vocab = _check_logits("target_logits", target_logits, batch, (num_draft + 1,))
     _check_same_device("draft_tokens", draft_tokens, "target_logits", target_logits)
@@ -134,26 +143,12 @@ def speculative_verify(
     if ref_logits is not None:
         _check_logits("ref_logits", ref_logits, batch, (draft_logits.shape[1],), vocab, target_logits)
     _check_seeds_positions(seeds, positions, batch, draft_tokens.device)
-    if check_values:
-        _check_positions_sign(positions)
-        _check_token_range("draft_tokens", draft_tokens, vocab)
-        for name, logits in (("draft_logits", draft_logits), ("target_logits", target_logits), ("ref_logits", ref_logits)):
-            if logits is not None:
-                _check_logit_values(name, logits)
-        if ref_logits is not None and bool(((ref_logits == -torch.inf) & (draft_logits > -torch.inf)).any()):
-            raise ValueError(
-                "ref_logits is -inf where draft_logits is finite: the reward tilt pi_r / pi_d would be "
-                "infinite; give the drafts temperature-scaled logits without truncation"
-            )
-        if ref_logits is not None:
-            rows = draft_logits.shape[1]
-            shifted = shifted_target_logits(target_logits[:, :rows].float(), draft_logits.float(), ref_logits.float())
-            if bool((shifted == -torch.inf).all(-1).any()):
-                raise ValueError("draft_logits and target_logits share no token with nonzero probability in some row: "
-                                 "the shifted target pi_ref * pi_r / pi_d is zero everywhere")
     args = (draft_tokens, draft_logits.contiguous(), target_logits.contiguous(),
             None if ref_logits is None else ref_logits.contiguous(), seeds, positions)
-    return VerifyOutput(*_library.call("speculative_verify", backend, draft_tokens.device, *args))
+    tokens, num_accepted, num_emitted, status = _library.call("speculative_verify", backend, draft_tokens.device, *args)
+    if check_values:
+        raise_for_status(status, lambda: _verify_errors(draft_tokens, vocab, sss=ref_logits is not None))
+    return VerifyOutput(tokens, num_accepted, num_emitted)
 
 
 def speculative_verify_probs(
@@ -170,7 +165,9 @@ def speculative_verify_probs(
 
     Reads only the gathered entries ``p_j(x_j)``, ``q_j(x_j)`` and, per row, the one residual row
     pair or bonus row it samples from: about ``8V`` bytes per row instead of ``4V(2K+1)``.
-    A draft token with ``q = 0`` counts as rejected. Rows need not sum exactly to 1.
+    A draft token with ``q = 0`` counts as rejected. Rows need not sum exactly to 1. With
+    ``check_values``, what it reads must be finite and non-negative and a row it samples from must
+    not be all zeros.
 
     Args:
         draft_tokens: ``[B, K]`` int64 or int32.
@@ -189,21 +186,18 @@ def speculative_verify_probs(
         torch.Size([4, 3])
     """
     _check_backend(backend)
+    _check_types(draft_tokens=draft_tokens, draft_probs=draft_probs, target_probs=target_probs, seeds=seeds,
+                 positions=positions)
     batch, num_draft = _check_tokens(draft_tokens)
     vocab = _check_logits("target_probs", target_probs, batch, (num_draft + 1,))
     _check_same_device("draft_tokens", draft_tokens, "target_probs", target_probs)
     _check_logits("draft_probs", draft_probs, batch, (num_draft,), vocab, target_probs)
     _check_seeds_positions(seeds, positions, batch, draft_tokens.device)
-    if check_values:
-        _check_positions_sign(positions)
-        _check_token_range("draft_tokens", draft_tokens, vocab)
-        for name, probs in (("draft_probs", draft_probs), ("target_probs", target_probs)):
-            if not bool(torch.isfinite(probs).all()) or bool((probs < 0).any()):
-                raise ValueError(f"{name} must be finite and non-negative")
-            if bool((probs.amax(-1) <= 0).any()):
-                raise ValueError(f"{name} has a row of all zeros")
     args = (draft_tokens, draft_probs.contiguous(), target_probs.contiguous(), seeds, positions)
-    return VerifyOutput(*_library.call("speculative_verify_probs", backend, draft_tokens.device, *args))
+    tokens, num_accepted, num_emitted, status = _library.call("speculative_verify_probs", backend, draft_tokens.device, *args)
+    if check_values:
+        raise_for_status(status, lambda: _verify_probs_errors(draft_tokens, vocab))
+    return VerifyOutput(tokens, num_accepted, num_emitted)
 
 
 def sample(
@@ -224,7 +218,9 @@ def sample(
         logits: ``[B, V]`` fp32/bf16/fp16, processed logits, ``-inf`` allowed (not a whole row).
         seeds: ``[B]`` int64.
         positions: ``[B]`` int64 >= 0.
-        backend, check_values: as in :func:`speculative_verify`.
+        backend: as in :func:`speculative_verify`.
+        check_values: raise ``ValueError`` for NaN or ``+inf`` logits, a row that is ``-inf``
+            everywhere and negative positions (found while the kernel reads the logits; one host sync).
 
     Returns:
         ``[B]`` int64 token ids.
@@ -235,15 +231,17 @@ def sample(
         torch.Size([3])
     """
     _check_backend(backend)
+    _check_types(logits=logits, seeds=seeds, positions=positions)
     if logits.dim() != 2:
         raise ValueError(f"logits must be [B, V], got shape {tuple(logits.shape)}")
     _check_logits("logits", logits.unsqueeze(1), logits.shape[0], (1,))
     _check_seeds_positions(seeds, positions, logits.shape[0], logits.device)
+    tokens, status = _library.call("sample", backend, logits.device, logits.contiguous(), seeds, positions)
     if check_values:
-        _check_positions_sign(positions)
-        _check_logit_values("logits", logits)
-    args = (logits.contiguous(), seeds, positions)
-    return _library.call("sample", backend, logits.device, *args)
+        raise_for_status(status, lambda: [(value_checks.NEGATIVE_POSITION, lambda: "positions must be >= 0"),
+                                          *_logits_errors("logits", value_checks.TARGET_NOT_FINITE,
+                                                          value_checks.TARGET_EMPTY_ROW)])
+    return tokens
 
 
 def compact_rows(
@@ -262,7 +260,9 @@ def compact_rows(
     views); on a GPU it is one launch.
 
     Args:
-        tensors: tensors sharing the batch size ``B`` along their batch dimension.
+        tensors: a list or tuple of tensors sharing the batch size ``B`` along their batch dimension;
+            no two may share memory (views of one storage must cover disjoint byte ranges: pass the
+            tensor they are views of instead).
         keep: ``[n]`` integer indices in ``[0, B)``, no repeats (any order; kept rows keep their order).
         dim: the batch dimension, one for all tensors or one per tensor.
         backend: as in :func:`speculative_verify`.
@@ -278,7 +278,8 @@ def compact_rows(
         [[3, 4, 5], [9, 10, 11]]
     """
     _check_backend(backend)
-    tensors = list(tensors)
+    tensors = _check_tensor_list(tensors)
+    _check_types(keep=keep)
     dims = _check_dims(tensors, dim)
     if keep.dim() != 1 or keep.dtype.is_floating_point or keep.dtype == torch.bool:
         raise ValueError(f"keep must be a 1-D integer tensor of row indices, got {keep.dtype} of shape {tuple(keep.shape)}")
@@ -287,10 +288,7 @@ def compact_rows(
     batch = _common_size(tensors, dims, "compact_rows", "batch")
     device = tensors[0].device
     keep = torch.sort(keep.to(device=device, dtype=torch.long)).values
-    if keep.numel() and (int(keep[0]) < 0 or int(keep[-1]) >= batch):
-        raise ValueError(f"keep indices must lie in [0, {batch}), got min {int(keep[0])} and max {int(keep[-1])}")
-    if keep.numel() > 1 and not bool((keep[1:] > keep[:-1]).all()):
-        raise ValueError("keep has repeated indices; each row can be kept once")
+    _check_keep(keep, batch)
     _library.call("compact_rows", backend, device, tensors, keep, dims)
     return [t.narrow(d, 0, keep.numel()) for t, d in zip(tensors, dims)]
 
@@ -308,8 +306,9 @@ def compact_columns(
     cache entries of rejected draft tokens, whose number differs from row to row.
 
     Args:
-        tensors: tensors with batch dimension 0 and sequence dimension ``dim`` of size ``S``,
-            e.g. keys and values ``[B, H, S, D]`` (``dim=2``) and ids ``[B, S]`` (``dim=1``).
+        tensors: a list or tuple of tensors with batch dimension 0 and sequence dimension ``dim`` of
+            size ``S``, e.g. keys and values ``[B, H, S, D]`` (``dim=2``) and ids ``[B, S]`` (``dim=1``);
+            no two may share memory, as in :func:`compact_rows`.
         keep_mask: ``[B, S]`` bool.
         dim: the sequence dimension (>= 1), one for all tensors or one per tensor.
         backend: as in :func:`speculative_verify`.
@@ -326,7 +325,8 @@ def compact_columns(
         ([[0, 0, 1, 2], [0, 5, 7, 8]], [2, 3])
     """
     _check_backend(backend)
-    tensors = list(tensors)
+    tensors = _check_tensor_list(tensors)
+    _check_types(keep_mask=keep_mask)
     dims = _check_dims(tensors, dim)
     if keep_mask.dim() != 2 or keep_mask.dtype != torch.bool:
         raise ValueError(f"keep_mask must be a [B, S] bool tensor, got {keep_mask.dtype} of shape {tuple(keep_mask.shape)}")
@@ -386,28 +386,70 @@ def _check_seeds_positions(seeds, positions, batch, device):
             raise ValueError(f"{name} is on {t.device}, but the tokens/logits are on {device}")
 
 
-def _check_positions_sign(positions):
-    if positions.numel() and int(positions.min()) < 0:
-        raise ValueError("positions must be >= 0")
-
-
 def _check_same_device(name, tensor, other_name, other):
     if tensor.device != other.device:
         raise ValueError(f"{name} is on {tensor.device}, but {other_name} is on {other.device}")
 
 
-def _check_token_range(name, tokens, vocab):
-    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
-        raise ValueError(f"{name} must lie in [0, V={vocab}), got min {int(tokens.min())} and max {int(tokens.max())}")
+def _check_types(**arguments):
+    for name, value in arguments.items():
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
 
 
-def _check_logit_values(name, logits):
-    if bool(torch.isnan(logits).any()):
-        raise ValueError(f"{name} contains NaN")
-    if bool((logits == torch.inf).any()):
-        raise ValueError(f"{name} contains +inf")
-    if bool((logits == -torch.inf).all(-1).any()):
-        raise ValueError(f"{name} has a row that is -inf everywhere (no token can be drawn)")
+def _check_tensor_list(tensors):
+    if isinstance(tensors, torch.Tensor) or not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"tensors must be a list or tuple of tensors, got {type(tensors).__name__}"
+                        + (" (wrap a single tensor in a list)" if isinstance(tensors, torch.Tensor) else ""))
+    return list(tensors)
+
+
+def _check_keep(keep, batch):
+    """Indices in [0, batch), no repeats (``keep`` sorted): one host read."""
+    if not keep.numel():
+        return
+    low, high, repeats = torch.stack([keep[0], keep[-1], (keep[1:] == keep[:-1]).sum()]).tolist()
+    if low < 0 or high >= batch:
+        raise ValueError(f"keep indices must lie in [0, {batch}), got min {low} and max {high}")
+    if repeats:
+        raise ValueError("keep has repeated indices; each row can be kept once")
+
+
+def _verify_errors(draft_tokens, vocab, sss):
+    """The errors of speculative_verify's status flags, in the order they are reported."""
+    def token_range():
+        low, high = int(draft_tokens.min()), int(draft_tokens.max())
+        return f"draft_tokens must lie in [0, V={vocab}), got min {low} and max {high}"
+
+    empty_target = ("draft_logits and target_logits share no token with nonzero probability in some row: the shifted "
+                    "target pi_ref * pi_r / pi_d is zero everywhere" if sss else
+                    "target_logits has a row that is -inf everywhere (no token can be drawn)")
+    return [
+        (value_checks.DRAFT_TOKEN_OUT_OF_RANGE, token_range),
+        (value_checks.NEGATIVE_POSITION, lambda: "positions must be >= 0"),
+        *_logits_errors("draft_logits", value_checks.DRAFT_NOT_FINITE, value_checks.DRAFT_EMPTY_ROW),
+        (value_checks.TARGET_NOT_FINITE, lambda: "target_logits contains NaN or +inf"),
+        (value_checks.REF_NOT_FINITE, lambda: "ref_logits contains NaN or +inf"),
+        (value_checks.REF_ZERO_WHERE_DRAFT_IS_NOT, lambda: "ref_logits is -inf where draft_logits is finite: the reward "
+         "tilt pi_r / pi_d would be infinite; give the drafts temperature-scaled logits without truncation"),
+        (value_checks.TARGET_EMPTY_ROW, lambda: empty_target),
+    ]
+
+
+def _verify_probs_errors(draft_tokens, vocab):
+    token_range = _verify_errors(draft_tokens, vocab, sss=False)[:2]
+    return [
+        *token_range,
+        (value_checks.DRAFT_NOT_FINITE, lambda: "draft_probs must be finite and non-negative"),
+        (value_checks.TARGET_NOT_FINITE, lambda: "target_probs must be finite and non-negative"),
+        (value_checks.DRAFT_EMPTY_ROW, lambda: "draft_probs has a row of all zeros"),
+        (value_checks.TARGET_EMPTY_ROW, lambda: "target_probs has a row of all zeros"),
+    ]
+
+
+def _logits_errors(name, not_finite_flag, empty_flag):
+    return [(not_finite_flag, lambda: f"{name} contains NaN or +inf"),
+            (empty_flag, lambda: f"{name} has a row that is -inf everywhere (no token can be drawn)")]
 
 
 def _check_dims(tensors, dim):
@@ -422,11 +464,27 @@ def _check_dims(tensors, dim):
         dims[i] %= t.dim()
         if any(s == 0 and n > 1 for s, n in zip(t.stride(), t.shape)):
             raise ValueError(f"tensors[{i}] has overlapping memory (a zero stride); it cannot be compacted in place")
-    first_at = {}
-    for i, t in enumerate(tensors):
-        if t.numel() and t.device.type != "meta" and first_at.setdefault(t.data_ptr(), i) != i:
-            raise ValueError(f"tensors[{i}] and tensors[{first_at[t.data_ptr()]}] are the same memory; pass each tensor once")
+    _check_disjoint(tensors)
     return dims
+
+
+def _check_disjoint(tensors):
+    """No two tensors may share memory: compacting shared memory twice corrupts it. Views of one storage
+    must cover disjoint byte ranges (interleaved views count as sharing). Needs real addresses: a traced
+    graph (torch.compile) skips it."""
+    if torch.compiler.is_compiling():
+        return
+    spans = []  # (device, storage, first byte, end byte, index)
+    for i, t in enumerate(tensors):
+        if t.numel() and t.device.type != "meta":
+            last = sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+            spans.append((str(t.device), t.untyped_storage().data_ptr(), t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size(), i))
+    spans.sort()
+    for (device, storage, _, end, i), (next_device, next_storage, next_start, _, j) in zip(spans, spans[1:]):
+        if (device, storage) == (next_device, next_storage) and next_start < end:
+            first, second = sorted((i, j))
+            raise ValueError(f"tensors[{second}] and tensors[{first}] share memory (views of one storage whose byte ranges "
+                             "overlap); pass each memory region once, e.g. the tensor they are views of")
 
 
 def _common_size(tensors, dims, op, what):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from specalign import value_checks
 from specalign.ops import shifted_target_logits
 from specalign.random_streams import ACCEPT, NOISE, PHILOX_M0, PHILOX_M1, PHILOX_ROUNDS, PHILOX_W0, PHILOX_W1
 
@@ -63,34 +64,62 @@ def _logsumexp(x: torch.Tensor) -> torch.Tensor:
     return m + torch.log(torch.exp(x - m).sum(-1, keepdim=True))
 
 
-def sample(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Reference of :func:`specalign.ops.sample`: ``argmax_v logits_v - log E_v``."""
+def sample(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor):
+    """Reference of :func:`specalign.ops.sample`: ``(argmax_v logits_v - log E_v, status)``."""
+    logits = logits.float()
     noise = exponential_noise(seeds, positions, logits.shape[-1])
-    return torch.argmax(logits.float() - torch.log(noise), dim=-1)
+    status = _status(
+        (value_checks.NEGATIVE_POSITION, positions < 0),
+        (value_checks.TARGET_NOT_FINITE, _not_finite(logits).any(-1)),
+        (value_checks.TARGET_EMPTY_ROW, ~(logits > -torch.inf).any(-1)),
+    )
+    return torch.argmax(logits - torch.log(noise), dim=-1), status
+
+
+def _not_finite(x: torch.Tensor) -> torch.Tensor:
+    return torch.isnan(x) | (x == torch.inf)
+
+
+def _bad_probability(x: torch.Tensor) -> torch.Tensor:
+    return ~((x >= 0) & (x < torch.inf))
+
+
+def _status(*checks: tuple[int, torch.Tensor]) -> torch.Tensor:
+    """The 0-dim int32 status: the OR of each flag whose condition holds somewhere (no host sync)."""
+    status = torch.zeros((), dtype=torch.int32, device=checks[0][1].device)
+    for flag, failed in checks:
+        status = status | failed.any().int() * flag
+    return status
+
+
+def _in_vocab(draft_tokens: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(in range [B, K], gather index [B, K, 1]): an out-of-range draft reads entry 0 and is rejected."""
+    in_range = (draft_tokens >= 0) & (draft_tokens < vocab)
+    return in_range, torch.where(in_range, draft_tokens.long(), 0).unsqueeze(-1)
 
 
 def speculative_verify(draft_tokens, draft_logits, target_logits, ref_logits, seeds, positions):
-    """Reference of :func:`specalign.ops.speculative_verify` (arguments already validated)."""
+    """Reference of :func:`specalign.ops.speculative_verify`: ``(tokens, num_accepted, num_emitted, status)``
+    (shapes and dtypes already validated)."""
     batch, num_draft = draft_tokens.shape
-    target = target_logits.float()
-    draft = draft_logits.float()
+    raw_target, raw_draft = target_logits.float(), draft_logits.float()
+    target, draft = raw_target, raw_draft[:, :num_draft]
     has_bonus = True
     if ref_logits is not None:
-        rows = draft.shape[1]
-        target = shifted_target_logits(target[:, :rows], draft, ref_logits.float())
+        rows = raw_draft.shape[1]
+        target = shifted_target_logits(raw_target[:, :rows], raw_draft, ref_logits.float())
         has_bonus = rows == num_draft + 1
-    draft = draft[:, :num_draft]
 
     log_p = target - _logsumexp(target)  # [B, K or K+1, V]
     log_q = draft - _logsumexp(draft)  # [B, K, V]
-    index = draft_tokens.long().unsqueeze(-1)
+    in_range, index = _in_vocab(draft_tokens, target.shape[-1])
     log_p_x = log_p[:, :num_draft].gather(-1, index).squeeze(-1)
     log_q_x = log_q.gather(-1, index).squeeze(-1)
 
     steps = torch.arange(num_draft + 1, device=seeds.device)
     step_positions = positions.unsqueeze(-1) + steps  # [B, K+1]
     u = uniform(seeds.unsqueeze(-1), step_positions[:, :num_draft], torch.zeros_like(steps[:1]), ACCEPT)
-    accepted = (log_q_x > -torch.inf) & (u < torch.exp(log_p_x - log_q_x))
+    accepted = in_range & (log_q_x > -torch.inf) & (u < torch.exp(log_p_x - log_q_x))
     num_accepted = accepted.long().cumprod(-1).sum(-1)
 
     # The last token of each row: from the residual at the first rejection, or the bonus after K
@@ -104,7 +133,31 @@ def speculative_verify(draft_tokens, draft_logits, target_logits, ref_logits, se
     last_token = torch.where(from_residual, torch.argmax(residual / noise, -1),
                              torch.argmax(target[rows, last_row] - torch.log(noise), -1))
     emits_last = rejected | has_bonus
-    return _emitted(draft_tokens, num_accepted, last_token, emits_last)
+    status = _verify_status(draft_tokens, raw_draft, raw_target, ref_logits, target, in_range, num_accepted, positions)
+    return (*_emitted(draft_tokens, num_accepted, last_token, emits_last), status)
+
+
+def _verify_status(draft_tokens, raw_draft, raw_target, ref_logits, target, in_range, num_accepted, positions):
+    """The value checks over what verification reads: every draft id and position, and the rows of
+    each input up to the one the last token is drawn from (docs/math.md, "Value checks")."""
+    num_draft = draft_tokens.shape[1]
+    reached = torch.arange(num_draft + 1, device=positions.device) <= num_accepted[:, None]  # [B, K+1]
+    target_rows = reached[:, : target.shape[1]]  # the (shifted) target rows read
+    draft_rows = target_rows if ref_logits is not None else reached[:, :num_draft]  # SSS reads them for the shift
+    draft = raw_draft[:, : draft_rows.shape[1]]
+    checks = [
+        (value_checks.DRAFT_TOKEN_OUT_OF_RANGE, ~in_range),
+        (value_checks.NEGATIVE_POSITION, positions < 0),
+        (value_checks.DRAFT_NOT_FINITE, _not_finite(draft).any(-1) & draft_rows),
+        (value_checks.TARGET_NOT_FINITE, _not_finite(raw_target[:, : target.shape[1]]).any(-1) & target_rows),
+        (value_checks.DRAFT_EMPTY_ROW, ~(raw_draft[:, :num_draft] > -torch.inf).any(-1) & reached[:, :num_draft]),
+        (value_checks.TARGET_EMPTY_ROW, ~(target > -torch.inf).any(-1) & target_rows),
+    ]
+    if ref_logits is not None:
+        ref = ref_logits.float()
+        checks += [(value_checks.REF_NOT_FINITE, _not_finite(ref).any(-1) & target_rows),
+                   (value_checks.REF_ZERO_WHERE_DRAFT_IS_NOT, ((ref == -torch.inf) & (draft > -torch.inf)).any(-1) & target_rows)]
+    return _status(*checks)
 
 
 def _emitted(draft_tokens, num_accepted, last_token, emits_last):
@@ -119,28 +172,44 @@ def _emitted(draft_tokens, num_accepted, last_token, emits_last):
 
 
 def speculative_verify_probs(draft_tokens, draft_probs, target_probs, seeds, positions):
-    """Reference of :func:`specalign.ops.speculative_verify_probs` (arguments already validated)."""
+    """Reference of :func:`specalign.ops.speculative_verify_probs`: ``(tokens, num_accepted, num_emitted,
+    status)`` (shapes and dtypes already validated)."""
     batch, num_draft = draft_tokens.shape
     p = target_probs.float()
     q = draft_probs.float()[:, :num_draft]
-    index = draft_tokens.long().unsqueeze(-1)
+    in_range, index = _in_vocab(draft_tokens, p.shape[-1])
     p_x = p[:, :num_draft].gather(-1, index).squeeze(-1)
     q_x = q.gather(-1, index).squeeze(-1)
 
     steps = torch.arange(num_draft + 1, device=seeds.device)
     step_positions = positions.unsqueeze(-1) + steps
     u = uniform(seeds.unsqueeze(-1), step_positions[:, :num_draft], torch.zeros_like(steps[:1]), ACCEPT)
-    accepted = (q_x > 0) & (u < p_x / q_x)
+    accepted = in_range & (q_x > 0) & (u < p_x / q_x)
     num_accepted = accepted.long().cumprod(-1).sum(-1)
 
     rows = torch.arange(batch, device=seeds.device)
     noise = exponential_noise(seeds, positions + num_accepted, p.shape[-1])
     p_last = p[rows, num_accepted]
-    residual = torch.clamp_min(p_last - q[rows, num_accepted.clamp(max=num_draft - 1)], 0.0)
-    from_residual = (num_accepted < num_draft) & (residual.amax(-1) > 0)
+    q_last = q[rows, num_accepted.clamp(max=num_draft - 1)]
+    rejected = num_accepted < num_draft
+    residual = torch.clamp_min(p_last - q_last, 0.0)
+    from_residual = rejected & (residual.amax(-1) > 0)
     weights = torch.where(from_residual[:, None], residual, p_last)
     last_token = torch.argmax(weights / noise, -1)
-    return _emitted(draft_tokens, num_accepted, last_token, torch.ones_like(from_residual))
+
+    # Read: the gathered entries up to the first rejection, the row pair (or bonus row) raced.
+    gathered = in_range & (steps[:num_draft] <= num_accepted[:, None])
+    status = _status(
+        (value_checks.DRAFT_TOKEN_OUT_OF_RANGE, ~in_range),
+        (value_checks.NEGATIVE_POSITION, positions < 0),
+        (value_checks.DRAFT_NOT_FINITE, _bad_probability(q_x) & gathered),
+        (value_checks.DRAFT_NOT_FINITE, _bad_probability(q_last).any(-1) & rejected),
+        (value_checks.TARGET_NOT_FINITE, _bad_probability(p_x) & gathered),
+        (value_checks.TARGET_NOT_FINITE, _bad_probability(p_last).any(-1)),
+        (value_checks.DRAFT_EMPTY_ROW, ~(q_last > 0).any(-1) & rejected),
+        (value_checks.TARGET_EMPTY_ROW, ~(p_last > 0).any(-1)),
+    )
+    return (*_emitted(draft_tokens, num_accepted, last_token, torch.ones_like(from_residual)), status)
 
 
 def compact_rows(tensors, keep, dims):
