@@ -61,6 +61,15 @@ def check_call(method: str, model, generation_config, synced_gpus, streamer, mod
     return model_kwargs.get("attention_mask")
 
 
+def check_stop_strings(method: str, stop_strings) -> None:
+    """``generate(stop_strings=..., tokenizer=...)``: transformers keeps the tokenizer from a
+    ``custom_generate`` method, so the criteria cannot be built here; say what works instead."""
+    if stop_strings:
+        raise ValueError(f"stop_strings={stop_strings!r}: transformers does not pass generate's tokenizer on to "
+                         f"{method}, so stop strings cannot be matched; pass "
+                         "stopping_criteria=specalign.stop_strings(tokenizer, stop_strings) instead")
+
+
 def check_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
     """Refuse prompts the loops would read wrongly: empty ones, and padding anywhere but the left
     (right padding would make a pad token the last prompt token every answer starts from)."""
@@ -190,7 +199,7 @@ def stop_strings(tokenizer, strings: Sequence[str]):
     """Stopping criteria that end a row at any of ``strings``, for every specalign method.
 
     transformers drops ``generate(..., tokenizer=...)`` before it calls a ``custom_generate``
-    callable, so ``stop_strings=`` fails there with "could not locate a tokenizer". Pass
+    callable, so ``generate(stop_strings=...)`` is refused with this advice. Pass
     ``stopping_criteria=specalign.stop_strings(tokenizer, ["\\n\\n"])`` instead::
 
         out = model.generate(**inputs, custom_generate=BestOfN(rm, n=8), do_sample=True,

@@ -276,10 +276,12 @@ class SpeculativeRejection:
         generation_config,
         synced_gpus: bool = False,
         streamer=None,
+        stop_strings=None,
         **model_kwargs,
     ) -> SpeculativeRejectionOutput | torch.LongTensor:
         name = type(self).__name__
         _hf.check_model("model", model)
+        _hf.check_stop_strings(name, stop_strings)
         cache = _hf.new_cache(model, _compat.pop_generate_cache(model_kwargs))
         prompt_mask = _hf.check_call(name, model, generation_config, synced_gpus, streamer, model_kwargs, cache)
         self._check_generation(model, generation_config)

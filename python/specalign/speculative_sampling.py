@@ -137,7 +137,8 @@ class SpeculativeSampling:
         self.backend = backend
 
     def __call__(self, model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
-                 synced_gpus=False, streamer=None, **model_kwargs):
+                 synced_gpus=False, streamer=None, stop_strings=None, **model_kwargs):
+        _hf.check_stop_strings(type(self).__name__, stop_strings)
         cache = _compat.pop_generate_cache(model_kwargs)
         attention_mask = _hf.check_call(type(self).__name__, model, generation_config, synced_gpus, streamer, model_kwargs,
                                         cache)
