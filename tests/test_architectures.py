@@ -1,0 +1,345 @@
+"""Every decoder-only architecture of the installed transformers through every decoding loop.
+
+Each architecture the causal-LM auto mapping lists is built tiny (``tests/tiny_models.py``: random
+weights, fixed seeds, untied embeddings, small windows, every kind of layer of its pattern kept) and
+checked, with HF's own ``generate`` as the reference:
+
+- HF's greedy ``generate`` runs on a left-padded batch of 3, and its output depends on the context
+  (otherwise every comparison below would pass trivially); when it fails, the architecture is
+  skipped with the reason;
+- speculative sampling, and SSS with the aligned draft equal to the reference draft, give exactly
+  HF's greedy output (``do_sample=False``), the draft being a second tiny model of the same
+  architecture;
+- both sample (``do_sample=True``) a batch of 4 into valid token ids;
+- Speculative Rejection (``top_k=1``: every sample is the greedy one) gives HF's greedy output
+  through its decision points, and with ``alpha = 0`` it equals Best-of-N, samples and rewards.
+
+A ``ValueError`` raised by specalign is a refusal. Refusals listed in ``DOCUMENTED_REFUSALS`` are
+accepted; any other refusal of an architecture HF's own ``generate`` runs fails, as does any output
+that differs. One test pairs architectures: a Llama target with a GPT-2 draft.
+
+The outcome of every (architecture, method) is collected into a table (ok / refused: why / FAIL:
+what / skipped: why), printed as counts at the end of the module and written as Markdown to the file
+``$SPECALIGN_ARCH_TABLE`` names, when set. ``pytest tests/test_architectures.py -k mistral`` runs
+one architecture.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from tiny_models import BOS, EOS, FIRST_WORD, PAD, VOCAB, Skipped, architectures, build, perturbed_copy
+
+import specalign
+from specalign import BestOfN, RewardShiftedSpeculativeSampling, SpeculativeRejection, SpeculativeSampling
+
+NEW_TOKENS = 12
+NUM_DRAFT = 3
+SAMPLES_PER_PROMPT = 4
+TARGET_SEED, DRAFT_SEED = 0, 1
+
+# The refusals the project accepts: engine -> {architecture: the documented reason}.
+SPECULATIVE_SAMPLING = "speculative sampling / SSS"
+SPECULATIVE_REJECTION = "Speculative Rejection / Best-of-N"
+DOCUMENTED_REFUSALS: dict[str, dict[str, str]] = {
+    SPECULATIVE_SAMPLING: {},
+    SPECULATIVE_REJECTION: {},
+}
+
+METHODS = {  # column -> engine
+    "speculative greedy": SPECULATIVE_SAMPLING,
+    "SSS greedy": SPECULATIVE_SAMPLING,
+    "speculative sample": SPECULATIVE_SAMPLING,
+    "SSS sample": SPECULATIVE_SAMPLING,
+    "rejection greedy": SPECULATIVE_REJECTION,
+    "rejection alpha 0 = best-of-n": SPECULATIVE_REJECTION,
+}
+
+TO_BUILD, SKIPPED = architectures()
+RESULTS: dict[str, dict[str, str]] = {}  # architecture -> {column: outcome}
+
+pytestmark = pytest.mark.usefixtures("one_thread", "table")
+
+
+def left_padded(lengths, offset=0):
+    """Prompts of the given lengths from word ids, left-padded, each starting with BOS; and their mask."""
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), PAD)
+    for row, length in enumerate(lengths):
+        words = FIRST_WORD + (torch.arange(length - 1) * 7 + 11 * row + offset) % (VOCAB - FIRST_WORD)
+        ids[row, width - length:] = torch.cat([torch.tensor([BOS]), words])
+    mask = (torch.arange(width) >= width - torch.tensor(lengths)[:, None]).long()
+    return ids, mask
+
+
+GREEDY_PROMPTS = left_padded([8, 5, 3])
+SAMPLE_PROMPTS = left_padded([6, 2, 7, 4], offset=3)
+# Row 0 of GREEDY_PROMPTS with its first word changed: its continuation must change too.
+CHANGED_PROMPT = GREEDY_PROMPTS[0][:1].clone()
+CHANGED_PROMPT[0, 1] = FIRST_WORD + (int(CHANGED_PROMPT[0, 1]) - FIRST_WORD + 50) % (VOCAB - FIRST_WORD)
+
+
+@functools.cache
+def models(model_type):
+    """(target, draft) of ``model_type``, or the :class:`Skipped` raised while building them."""
+    try:
+        arch = TO_BUILD[model_type]
+        target = build(arch, TARGET_SEED)
+        return target, perturbed_copy(target, DRAFT_SEED)
+    except Skipped as skipped:
+        return skipped
+
+
+def generate(model, prompts, **kwargs):
+    ids, mask = prompts
+    return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, pad_token_id=PAD,
+                          bos_token_id=BOS, eos_token_id=EOS, **kwargs)
+
+
+class Unusable(Exception):
+    """HF's greedy output cannot serve as the reference; ``hf_fails`` says whose fault it is."""
+
+    def __init__(self, reason, hf_fails):
+        super().__init__(reason)
+        self.hf_fails = hf_fails
+
+
+@functools.cache
+def hf_greedy(model_type):
+    """HF's greedy output on GREEDY_PROMPTS, or the :class:`Unusable` that says why it is no reference."""
+    target, _ = models(model_type)
+    try:
+        expected = generate(target, GREEDY_PROMPTS, do_sample=False)
+        changed = generate(target, (CHANGED_PROMPT, torch.ones_like(CHANGED_PROMPT)), do_sample=False)
+    except Exception as error:  # noqa: BLE001 - any failure of HF's own generate skips the architecture
+        return Unusable(f"HF's own generate fails: {describe(error)}", hf_fails=True)
+    width = GREEDY_PROMPTS[0].shape[1]
+    continuations = {tuple(row.tolist()) for row in expected[:, width:]}
+    if len(continuations) == 1:
+        return Unusable(f"the tiny model ignores its context: every prompt continues with {list(continuations.pop())}",
+                        hf_fails=False)
+    if changed[0, width:].tolist() == expected[0, width:width + NEW_TOKENS].tolist()[: changed.shape[1] - width]:
+        return Unusable("the tiny model ignores its context: changing the first word leaves the continuation",
+                        hf_fails=False)
+    return expected
+
+
+def describe(error) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def raised_by_specalign(error) -> bool:
+    """Whether ``error`` was raised in specalign's own code (a refusal), not deeper in a model."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(Path(specalign.__file__).parent.resolve())
+
+
+def check(model_type, column, run):
+    """Run one check of one architecture, record its outcome and pass, skip or fail the test."""
+    built = models(model_type)
+    if isinstance(built, Skipped):
+        record(model_type, column, f"skipped: {built}")
+        pytest.skip(str(built))
+    expected = hf_greedy(model_type)
+    if isinstance(expected, Unusable):
+        record(model_type, column, f"{'skipped' if expected.hf_fails else 'FAIL'}: {expected}")
+        if expected.hf_fails:
+            pytest.skip(str(expected))
+        pytest.fail(f"{model_type}: {expected}; change its tiny build (tests/tiny_models.py)")
+    engine = METHODS[column]
+    try:
+        problem = run(*built, expected)
+    except ValueError as error:
+        if not raised_by_specalign(error):
+            record(model_type, column, f"FAIL: {describe(error)}")
+            raise
+        documented = DOCUMENTED_REFUSALS[engine].get(model_type)
+        record(model_type, column, f"refused: {error}" + ("" if documented else " (undocumented)"))
+        if documented is None:
+            pytest.fail(f"{engine} refuses {model_type}, which HF's own generate runs, without a documented reason: {error}")
+        return
+    except Exception as error:
+        record(model_type, column, f"FAIL: {describe(error)}")
+        raise
+    if problem:
+        record(model_type, column, f"FAIL: {problem}")
+        pytest.fail(f"{model_type}, {column}: {problem}")
+    record(model_type, column, "ok")
+
+
+def record(model_type, column, outcome):
+    RESULTS.setdefault(model_type, {})[column] = outcome
+
+
+def first_difference(out, expected) -> str | None:
+    """``None`` when equal, else where ``out`` first differs from ``expected`` (token for token)."""
+    if torch.equal(out, expected):
+        return None
+    width = GREEDY_PROMPTS[0].shape[1]
+    if out.shape != expected.shape:
+        return f"shape {tuple(out.shape)}, HF's greedy gives {tuple(expected.shape)}"
+    row, column = (out != expected).nonzero()[0].tolist()
+    return (f"row {row}, new token {column - width}: {int(out[row, column])} where HF's greedy gives "
+            f"{int(expected[row, column])} (HF: {expected[row, width:].tolist()}, got: {out[row, width:].tolist()})")
+
+
+def invalid_samples(out, prompts) -> str | None:
+    """``None`` when ``out`` is a valid sample continuation of ``prompts``, else what is wrong."""
+    ids, _ = prompts
+    batch, width = ids.shape
+    if out.shape[0] != batch or not width < out.shape[1] <= width + NEW_TOKENS:
+        return f"output shape {tuple(out.shape)} for prompts {tuple(ids.shape)} and {NEW_TOKENS} new tokens"
+    if not torch.equal(out[:, :width], ids):
+        return "the prompts changed"
+    new = out[:, width:]
+    if int(new.min()) < 0 or int(new.max()) >= VOCAB:
+        return f"token ids outside [0, {VOCAB}): {new.tolist()}"
+    after_eos = (new == EOS).long().cumsum(-1) - (new == EOS).long() > 0
+    if bool((new[after_eos] != PAD).any()):
+        return f"tokens other than padding after EOS: {new.tolist()}"
+    return None
+
+
+def reward(prompts, answers):
+    """A deterministic reward that depends on every answer token and its position."""
+    return torch.tensor([float(sum((i + 1) * int(t) for i, t in enumerate(a)) % 101) for a in answers])
+
+
+ARCHITECTURES = sorted(TO_BUILD)
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_speculative_sampling_greedy_equals_hf_greedy(model_type):
+    def run(target, draft, expected):
+        out = generate(target, GREEDY_PROMPTS, do_sample=False, custom_generate=SpeculativeSampling(draft, NUM_DRAFT))
+        return first_difference(out, expected)
+
+    check(model_type, "speculative greedy", run)
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_sss_with_aligned_equal_to_reference_greedy_equals_hf_greedy(model_type):
+    def run(target, draft, expected):
+        sss = RewardShiftedSpeculativeSampling(draft, draft, NUM_DRAFT)
+        return first_difference(generate(target, GREEDY_PROMPTS, do_sample=False, custom_generate=sss), expected)
+
+    check(model_type, "SSS greedy", run)
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_speculative_sampling_samples_valid_tokens(model_type):
+    def run(target, draft, expected):
+        out = generate(target, SAMPLE_PROMPTS, do_sample=True, custom_generate=SpeculativeSampling(draft, NUM_DRAFT, seed=0))
+        return invalid_samples(out, SAMPLE_PROMPTS)
+
+    check(model_type, "speculative sample", run)
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_sss_samples_valid_tokens(model_type):
+    def run(target, draft, expected):
+        sss = RewardShiftedSpeculativeSampling(draft, draft, NUM_DRAFT, seed=0)
+        return invalid_samples(generate(target, SAMPLE_PROMPTS, do_sample=True, custom_generate=sss), SAMPLE_PROMPTS)
+
+    check(model_type, "SSS sample", run)
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_speculative_rejection_with_top_k_1_equals_hf_greedy(model_type):
+    """With top_k=1 every sample is the greedy continuation, through every decision point's pruning."""
+    def run(target, draft, expected):
+        rejection = SpeculativeRejection(reward, n=2, alpha=0.5, decision_tokens=(3, 7))
+        return first_difference(generate(target, GREEDY_PROMPTS, do_sample=True, top_k=1, custom_generate=rejection), expected)
+
+    check(model_type, "rejection greedy", run)
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_speculative_rejection_with_alpha_0_equals_best_of_n(model_type):
+    def run(target, draft, expected):
+        kwargs = dict(do_sample=True, return_dict_in_generate=True)
+        rejection = generate(target, SAMPLE_PROMPTS, custom_generate=SpeculativeRejection(
+            reward, n=SAMPLES_PER_PROMPT, alpha=0.0, decision_tokens=(3, 7), seed=5), **kwargs)
+        best_of_n = generate(target, SAMPLE_PROMPTS, custom_generate=BestOfN(reward, n=SAMPLES_PER_PROMPT, seed=5), **kwargs)
+        if not torch.equal(rejection.sequences, best_of_n.sequences):
+            return f"sequences differ: {rejection.sequences.tolist()} against Best-of-N's {best_of_n.sequences.tolist()}"
+        if not torch.equal(rejection.rewards, best_of_n.rewards):
+            return f"rewards differ: {rejection.rewards.tolist()} against Best-of-N's {best_of_n.rewards.tolist()}"
+        if not torch.equal(rejection.candidate_tokens, best_of_n.candidate_tokens):
+            return "the samples differ"
+        return invalid_samples(best_of_n.sequences, SAMPLE_PROMPTS)
+
+    check(model_type, "rejection alpha 0 = best-of-n", run)
+
+
+def test_llama_target_with_gpt2_draft_greedy_equals_hf_greedy():
+    target, draft = build(TO_BUILD["llama"], TARGET_SEED), build(TO_BUILD["gpt2"], DRAFT_SEED)
+    expected = generate(target, GREEDY_PROMPTS, do_sample=False)
+    out = generate(target, GREEDY_PROMPTS, do_sample=False, custom_generate=SpeculativeSampling(draft, NUM_DRAFT))
+    assert first_difference(out, expected) is None, first_difference(out, expected)
+
+
+def test_every_mapped_architecture_is_built_or_skipped_with_a_reason():
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    assert set(TO_BUILD) | set(SKIPPED) == set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    assert all(SKIPPED.values())
+    for engine, refusals in DOCUMENTED_REFUSALS.items():
+        assert all(refusals.values()), f"{engine}: a documented refusal without its reason"
+
+
+@pytest.fixture(scope="module")
+def table(request):
+    yield
+    lines = summary_lines()
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    for line in count_lines():
+        (reporter.write_line if reporter else print)(line)
+    path = os.environ.get("SPECALIGN_ARCH_TABLE")
+    if path:
+        Path(path).write_text("\n".join(lines) + "\n")
+
+
+def outcome_kind(cell: str) -> str:
+    kind = cell.partition(":")[0]
+    return "refused (undocumented)" if kind == "refused" and cell.endswith("(undocumented)") else kind
+
+
+def count_lines():
+    lines = [f"architectures (transformers {transformers.__version__}): {len(TO_BUILD) + len(SKIPPED)} mapped, "
+             f"{len(SKIPPED)} skipped before building"]
+    for column in METHODS:
+        kinds = Counter(outcome_kind(cells[column]) for cells in RESULTS.values() if column in cells)
+        lines.append(f"{column}: " + ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())))
+    return lines
+
+
+def summary_lines():
+    """The Markdown table, architecture x method, with each distinct outcome text in full below it."""
+    legend: dict[str, str] = {}
+    per_kind = Counter()
+
+    def short(cell):
+        if cell is None or cell == "ok":
+            return cell or ""
+        kind = outcome_kind(cell)
+        if cell not in legend:
+            per_kind[kind] += 1
+            legend[cell] = f"{kind.split()[0]} {per_kind[kind]}"
+        return legend[cell]
+
+    lines = [f"transformers {transformers.__version__}, torch {torch.__version__}", "",
+             "| architecture | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
+    for model_type in sorted(RESULTS):
+        lines.append(f"| {model_type} | " + " | ".join(short(RESULTS[model_type].get(c)) for c in METHODS) + " |")
+    lines += ["", *count_lines(), ""]
+    lines += [f"- {key}: {cell}" for cell, key in legend.items()]
+    lines += ["", "Skipped before building:"] + [f"- {model_type}: {reason}" for model_type, reason in sorted(SKIPPED.items())]
+    return lines
