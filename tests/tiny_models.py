@@ -154,7 +154,9 @@ OVERRIDES: dict[str, dict] = {
     "jamba": {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1},
     # block_types repeats over the layers; the default starts with two recurrent blocks.
     "recurrent_gemma": {"block_types": ["recurrent", "attention"]},
-    # The default config has no layer_types (the model needs them): a convolution layer and an attention layer.
+    # LFM2's default config is all attention layers (the released models mix in convolution layers), and
+    # LFM2-MoE's has no layer_types (the model needs them): a convolution layer and an attention layer.
+    "lfm2": {"layer_types": ["conv", "full_attention"]},
     "lfm2_moe": {"layer_types": ["conv", "full_attention"]},
     # Looped model: input, recurrent (run n_recurrent_loops times) and output layers, sliding and full attention.
     "dory": {"num_hidden_layers": 3, "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
@@ -171,11 +173,15 @@ OVERRIDES: dict[str, dict] = {
                      "activation_sparsity_pattern": [0.95, 0.95, 0.0, 0.0]},
     # attention_types lists (pattern, repeats) pairs that must cover num_layers.
     "gpt_neo": {"attention_types": [[["global", "local"], 1]]},
-    # Its rope parameters are keyed by layer type, and the default config gives none.
-    "cohere_compass_text": {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0}}},
+    # Its rope parameters are keyed by layer type, and the default config gives none; its 3-D rope splits
+    # the head_dim / 2 frequencies into mrope_section (default [22, 22, 20], for head_dim 128).
+    "cohere_compass_text": {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0,
+                                                                   "mrope_section": [1, 1, HEAD_DIM // 2 - 2]}}},
     # The default config leaves the sparse-attention indexer of its indexed_attention layers unset.
     "qwen4_exp_text": {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": HEAD_DIM, "indexer_budget": 8,
                        "indexer_compress_ratio": 2, "hc_lowrank": 8},
+    # Each layer holds two attention sublayers: num_hidden_layers is twice num_layers (a field of its own in 5.17).
+    "longcat_flash": {"num_layers": 1, "num_hidden_layers": 2},
     # DBRX keeps attention and FFN sizes in sub-configs; its attention fails with clip_qkv=None (the released model clips at 8).
     "dbrx": {"attn_config": {"kv_n_heads": KV_HEADS, "rope_theta": 10000.0, "clip_qkv": 8.0},
              "ffn_config": {"hidden_size": HIDDEN, "ffn_hidden_size": FFN, "moe_num_experts": EXPERTS, "moe_top_k": EXPERTS_PER_TOKEN}},
@@ -342,10 +348,18 @@ def _layer_pattern(default, fields) -> dict:
             seen |= kinds
     keep += [layer for layer in range(layers) if layer not in keep][: max(0, 2 - len(keep))]
     keep.sort()
-    pattern = {"num_hidden_layers": len(keep)}
+    pattern = {_layer_count_field(type(default)): len(keep)}
     pattern.update({name: [TINY[name] if name in sizes else values[i] for i in keep] for name, values in per_layer.items()})
     pattern.update({name: [new for new, old in enumerate(keep) if old in indices] for name, indices in index_lists.items()})
     return pattern
+
+
+def _layer_count_field(config_class) -> str:
+    """The field that holds the number of layers (``num_hidden_layers`` may be an alias, or absent)."""
+    fields = _fields(config_class)
+    alias = getattr(config_class, "attribute_map", {}).get("num_hidden_layers")
+    candidates = ("num_hidden_layers", alias, "num_layers", "n_layer", "n_layers")
+    return next((name for name in candidates if name in fields), "num_hidden_layers")
 
 
 def _check_layer_kinds(model_type, default, config):
