@@ -33,7 +33,7 @@ import torch
 from transformers import DynamicCache
 from transformers import cache_utils
 
-from specalign import ops
+from specalign import _compat, ops
 
 _LINEAR_ATTENTION = getattr(cache_utils, "LinearAttentionCacheLayerMixin", None)
 _INDEXED = getattr(cache_utils, "DynamicIndexedLayer", None)
@@ -70,6 +70,11 @@ def _fields(layer) -> list[_Field]:
     known = False
     if _DUMMY is not None and isinstance(layer, _DUMMY):
         return fields
+    if type(layer).__module__ != cache_utils.__name__:
+        # A model's own layer class (e.g. DeepSeek-V4's compressed-attention layers) keeps state of
+        # its own beside keys and values, which no adapter here keeps in step with the rows.
+        raise ValueError(f"{type(layer).__name__} cache layers (the model's own cache layer class) are not supported: "
+                         "specalign decodes with Hugging Face's DynamicCache layers")
     if isinstance(layer, cache_utils.DynamicLayer):
         if "Quantized" in type(layer).__name__:
             raise ValueError(f"{type(layer).__name__} cache layers are not supported: use the default DynamicCache")
@@ -109,6 +114,11 @@ def is_recurrent(cache) -> bool:
     return any(is_recurrent_layer(layer) for layer in cache.layers)
 
 
+def is_state_only(cache) -> bool:
+    """Whether every layer keeps only a recurrent state (no attention entries), as in Mamba."""
+    return all(is_recurrent_layer(layer) and not isinstance(layer, cache_utils.DynamicLayer) for layer in cache.layers)
+
+
 def keep_rows(caches, keep: torch.Tensor, state: list[torch.Tensor], backend: str | None) -> list[torch.Tensor]:
     """Keep rows ``keep`` (increasing) of every tensor of ``caches`` and of ``state`` (tensors with
     the row at dimension 0), in place, in one op call; returns the compacted ``state``."""
@@ -141,6 +151,18 @@ def speculation_cache(model) -> DynamicCache:
     """A cache for speculative decoding: the model's own layer kinds, sliding and chunked layers
     replaced by full-history ones (see the module docstring). Refuses recurrent-state models."""
     cache = DynamicCache(config=model.config)
+    check_layers(cache, type(model).__name__)
+    if _INDEXED is not None and any(isinstance(layer, _INDEXED) for layer in cache.layers):
+        raise ValueError(
+            f"{type(model).__name__} has indexed sparse attention (each query attends to the top-k keys its indexer "
+            "picks), which picks differently in one forward over several tokens than token by token: verifying "
+            "drafts in one forward would not reproduce its own decoding (nor does Hugging Face's assisted generation)"
+        )
+    if "position_ids" not in _compat.forward_parameters(model) and any("position" in name for name, _ in model.named_modules()):
+        raise ValueError(
+            f"{type(model).__name__} takes no position_ids: its position embeddings count the cached columns, "
+            "which speculative sampling removes per row (rows accept different numbers of draft tokens)"
+        )
     for index, layer in enumerate(cache.layers):
         if isinstance(layer, cache_utils.DynamicSlidingWindowLayer) and not is_recurrent_layer(layer):
             cache.layers[index] = cache_utils.DynamicLayer()
@@ -149,7 +171,6 @@ def speculation_cache(model) -> DynamicCache:
             f"{type(model).__name__} keeps a recurrent (state-space or linear-attention) state, which cannot "
             "take back rejected draft tokens: speculative sampling needs attention-only models"
         )
-    check_layers(cache, type(model).__name__)
     return cache
 
 

@@ -9,7 +9,8 @@ same range). No other module reads a version-specific name:
   deprecated there, for removal in 5.40), ``past_key_values=`` before, and ``cache_params=`` in
   5.x releases before 5.24 for some state-space models. It is read from each model's own forward
   signature, so remote-code models with older names keep working;
-- the output attribute that returns the cache (``cache`` or ``past_key_values``).
+- the output attribute that returns the cache (``cache`` or ``past_key_values``);
+- ``_setup_cache``, the method of modules that hold a recurrent state themselves (RecurrentGemma).
 """
 from __future__ import annotations
 
@@ -63,3 +64,8 @@ def output_cache(output):
         if cache is not None:
             return cache
     return None
+
+
+def keeps_state_in_modules(model) -> bool:
+    """Whether some module of ``model`` holds a recurrent state itself, outside the cache."""
+    return any(callable(getattr(module, "_setup_cache", None)) for module in model.modules())

@@ -28,6 +28,11 @@ def check_model(name: str, model) -> None:
             f"{name} ({type(model).__name__}) takes no cache in its forward: every specalign method continues "
             "from the cache, so models without one are not supported"
         )
+    if _compat.keeps_state_in_modules(model):
+        raise ValueError(
+            f"{name} ({type(model).__name__}) keeps its recurrent state in its own modules, outside the cache, and "
+            "resets it when the batch changes size: specalign keeps and drops rows through the cache"
+        )
     supports = getattr(model, "_supports_default_dynamic_cache", None)
     if supports is not None and not supports():
         raise ValueError(
@@ -108,6 +113,9 @@ def forward(model, cache, tokens: torch.Tensor, mask: torch.Tensor, positions: t
     """Feed ``tokens [B, n]`` at ``positions [B, n]``; ``mask`` covers the cached columns and the
     ``n`` new ones. Returns the float32 logits of the last ``logits_to_keep`` positions, sliced
     to ``vocab`` entries (models may pad their output layer)."""
+    if _cache.is_state_only(cache):
+        # State-space models (Mamba) read the mask as covering the tokens fed, not the cached ones.
+        mask = mask[:, -tokens.shape[1]:]
     inputs = {"input_ids": tokens, "attention_mask": mask, "use_cache": True, _compat.cache_argument(model): cache}
     parameters = _compat.forward_parameters(model)
     if "position_ids" in parameters:
@@ -125,6 +133,8 @@ def activation_bytes(model, width: int) -> int:
     config = model.config.get_text_config()
     hidden = config.hidden_size
     intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
+    if isinstance(intermediate, (list, tuple)):  # one size per layer (Gemma 3n)
+        intermediate = max(intermediate)
     heads = getattr(config, "num_attention_heads", None) or 1
     itemsize = next(model.parameters()).element_size()
     return itemsize * (8 * hidden + 3 * intermediate + 2 * heads * width)
