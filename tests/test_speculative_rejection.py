@@ -1,5 +1,6 @@
 """Speculative Rejection and Best-of-N through ``generate(custom_generate=...)`` on tiny models."""
 import pytest
+import tiny_models
 import torch
 from transformers import (
     DynamicCache,
@@ -8,8 +9,12 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     LlamaForSequenceClassification,
+    MambaConfig,
+    MambaForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    RecurrentGemmaConfig,
+    RecurrentGemmaForCausalLM,
     RwkvConfig,
     RwkvForCausalLM,
 )
@@ -121,6 +126,26 @@ def test_left_padding_changes_nothing(models, architecture):
     assert torch.equal(batched.candidate_rewards[:1], alone.candidate_rewards)
     answer = alone.sequences[0, 3:]
     assert torch.equal(batched.sequences[0, PROMPTS.shape[1]:][: answer.numel()], answer)
+
+
+def test_mamba_with_top_k_1_equals_hf_greedy():
+    """Mamba reads the mask as covering the tokens fed (a full-width mask once broadcast its one new
+    token over every cached column, and the output went wrong after conv_kernel tokens)."""
+    model = tiny_models.build(tiny_models.Architecture("mamba", MambaForCausalLM, MambaConfig), seed=0)
+    kwargs = dict(input_ids=PROMPTS, attention_mask=MASK, max_new_tokens=10, pad_token_id=PAD)
+    expected = model.generate(do_sample=False, **kwargs)
+    out = model.generate(do_sample=True, top_k=1, custom_generate=spr(n=2, decision_tokens=[3, 6]), **kwargs)
+    assert torch.equal(out, expected)
+
+
+def test_a_recurrent_state_kept_in_modules_is_refused():
+    """RecurrentGemma keeps its state in its modules and zeroes it when the batch changes size."""
+    config = RecurrentGemmaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=1, head_dim=8, lru_width=16,
+                                  block_types=["recurrent", "attention"], **SPECIAL)
+    model = RecurrentGemmaForCausalLM(config).eval()
+    with pytest.raises(ValueError, match="outside the cache"):
+        model.generate(input_ids=PROMPTS, attention_mask=MASK, custom_generate=spr(), do_sample=True, max_new_tokens=4)
 
 
 def test_default_backend_matches_the_reference(models):
