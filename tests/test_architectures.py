@@ -40,7 +40,7 @@ from tiny_models import BOS, EOS, FIRST_WORD, PAD, VOCAB, Skipped, architectures
 import specalign
 from specalign import BestOfN, RewardShiftedSpeculativeSampling, SpeculativeRejection, SpeculativeSampling
 
-NEW_TOKENS = 10
+NEW_TOKENS = 8
 NUM_DRAFT = 3
 SAMPLES_PER_PROMPT = 4
 TARGET_SEED, DRAFT_SEED = 0, 1
@@ -310,7 +310,7 @@ def test_sss_samples_valid_tokens(model_type):
 def test_speculative_rejection_with_top_k_1_equals_hf_greedy(model_type):
     """With top_k=1 every sample is the greedy continuation, through every decision point's pruning."""
     def run(target, draft, expected):
-        rejection = SpeculativeRejection(reward, n=2, alpha=0.5, decision_tokens=(3, 7))
+        rejection = SpeculativeRejection(reward, n=2, alpha=0.5, decision_tokens=(2, 5))
         return first_difference(generate(target, GREEDY_PROMPTS, do_sample=True, top_k=1, custom_generate=rejection), expected)
 
     check(model_type, "rejection greedy", run)
@@ -321,7 +321,7 @@ def test_speculative_rejection_with_alpha_0_equals_best_of_n(model_type):
     def run(target, draft, expected):
         kwargs = dict(do_sample=True, return_dict_in_generate=True)
         rejection = generate(target, SAMPLE_PROMPTS, custom_generate=SpeculativeRejection(
-            reward, n=SAMPLES_PER_PROMPT, alpha=0.0, decision_tokens=(3, 7), seed=5), **kwargs)
+            reward, n=SAMPLES_PER_PROMPT, alpha=0.0, decision_tokens=(2, 5), seed=5), **kwargs)
         best_of_n = generate(target, SAMPLE_PROMPTS, custom_generate=BestOfN(reward, n=SAMPLES_PER_PROMPT, seed=5), **kwargs)
         if not torch.equal(rejection.sequences, best_of_n.sequences):
             return f"sequences differ: {rejection.sequences.tolist()} against Best-of-N's {best_of_n.sequences.tolist()}"

@@ -68,6 +68,7 @@ TINY = {
     "dim_head": HEAD_DIM,
     "max_position_embeddings": 128,
     "initializer_range": INITIALIZER_RANGE,
+    "init_std": INITIALIZER_RANGE,  # the same, as OPT, XGLM and TrOCR call it
     "tie_word_embeddings": False,
     "use_cache": True,
     # Multi-head latent attention (DeepSeek family).
@@ -176,8 +177,6 @@ OVERRIDES: dict[str, dict] = {
     # disagree once a sequence crosses it (Hugging Face's assisted generation then differs from its greedy
     # output too): a window the tests never cross.
     "moshi": {"sliding_window": 64},
-    # Its initializer field is init_std (initializer_range is no alias of it).
-    "trocr": {"init_std": INITIALIZER_RANGE},
     # attention_types lists (pattern, repeats) pairs that must cover num_layers.
     "gpt_neo": {"attention_types": [[["global", "local"], 1]]},
     # Its rope parameters are keyed by layer type, and the default config gives none; its 3-D rope splits
