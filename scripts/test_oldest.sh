@@ -16,4 +16,5 @@ if ! PYTHONPATH=$SITE "$PY" -c "import transformers, sys; sys.exit(transformers.
 fi
 PYTHONPATH=$SITE "$PY" -c "import transformers; print('transformers', transformers.__version__)"
 PYTHONPATH=$SITE exec "$PY" -m pytest -q tests/test_speculative_sampling.py tests/test_memory_and_inputs.py \
-    tests/test_reward_shifted.py tests/test_speculative_rejection.py tests/test_reward_model.py "$@"
+    tests/test_reward_shifted.py tests/test_speculative_rejection.py tests/test_reward_model.py \
+    tests/test_architectures.py "$@"

@@ -14,9 +14,11 @@ checked, with HF's own ``generate`` as the reference:
 - Speculative Rejection (``top_k=1``: every sample is the greedy one) gives HF's greedy output
   through its decision points, and with ``alpha = 0`` it equals Best-of-N, samples and rewards.
 
-A ``ValueError`` raised by specalign is a refusal. Refusals listed in ``DOCUMENTED_REFUSALS`` are
-accepted; any other refusal of an architecture HF's own ``generate`` runs fails, as does any output
-that differs. One test pairs architectures: a Llama target with a GPT-2 draft.
+A ``ValueError`` raised by specalign is a refusal. A refusal listed in ``DOCUMENTED_REFUSALS`` is
+accepted when the engine's message gives the documented reason; any other refusal of an
+architecture HF's own ``generate`` runs fails, as does any output that differs. One test pairs
+architectures: a Llama target with a GPT-2 draft. The models are built once per module and shared
+by every test (about 2.5 CPU-minutes in all at one thread).
 
 The outcome of every (architecture, method) is collected into a table (ok / refused: why / FAIL:
 what / skipped: why), printed as counts at the end of the module and written as Markdown to the file

@@ -50,8 +50,9 @@ class _Field:
     row_dim: int
     seq_dim: int | None
 
-    def get(self) -> torch.Tensor:
-        return self.holder[self.key] if isinstance(self.holder, dict) else getattr(self.holder, self.key)
+    def get(self) -> torch.Tensor | None:
+        """The tensor, or ``None`` where this release's layer has no such attribute."""
+        return self.holder[self.key] if isinstance(self.holder, dict) else getattr(self.holder, self.key, None)
 
     def set(self, tensor: torch.Tensor) -> None:
         if isinstance(self.holder, dict):
@@ -95,7 +96,10 @@ def _fields(layer) -> list[_Field]:
 
 
 def fields(cache) -> list[_Field]:
-    return [field for layer in cache.layers for field in _fields(layer)]
+    layer_fields = [field for layer in cache.layers for field in _fields(layer)]
+    # Before transformers 5.24, Qwen4-Exp keeps the [3, rows, tokens] positions of its indexer on the cache itself.
+    on_cache = [_Field(cache, "position_ids", 1, 2)] if _is_filled(getattr(cache, "position_ids", None)) else []
+    return layer_fields + on_cache
 
 
 def check_layers(cache, name: str) -> None:
