@@ -1,7 +1,7 @@
 """Tiny random-weight builds of every decoder-only causal LM in the installed transformers.
 
 :func:`architectures` reads the causal-LM auto mapping and sorts its entries into the ones built here
-and the ones skipped, each with its reason (:func:`skip_reason`). :func:`build` makes a model of a
+and the ones skipped, each with its reason. :func:`build` makes a model of a
 given architecture: random weights from a fixed seed, untied embeddings where the config allows, a
 vocabulary of ``VOCAB`` ids holding the special ids, the fewest layers that keep every kind of layer
 of the architecture's pattern (attention and state-space, sliding and full, dense and MoE), small
