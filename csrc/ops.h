@@ -18,7 +18,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> speculative_verify_pr
 std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits, const at::Tensor& seeds,
                                               const at::Tensor& positions);
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_with_stats_cpu(
+    const at::Tensor& logits, const at::Tensor& seeds, const at::Tensor& positions);
+
 void compact_rows_cpu(at::TensorList tensors, const at::Tensor& keep, at::IntArrayRef dims);
+
+void fork_rows_cpu(at::TensorList tensors, const at::Tensor& index, at::IntArrayRef dims);
 
 std::tuple<at::Tensor, at::Tensor> compact_columns_cpu(at::TensorList tensors, const at::Tensor& keep_mask,
                                                       at::IntArrayRef dims);

@@ -34,6 +34,10 @@ def sample_args():
     return dict(logits=torch.randn(B, V), seeds=torch.arange(B), positions=torch.zeros(B, dtype=torch.int64))
 
 
+def sample_with_stats_args():
+    return sample_args()
+
+
 def with_value(tensor, index, value):
     tensor = tensor.clone()
     tensor[index] = value
@@ -168,7 +172,8 @@ SAMPLE_VALUE_CASES = {
 
 VALUE_CASES = [(op, make_args, name, change, match) for op, make_args, cases in (
     (ops.speculative_verify, verify_args, VERIFY_VALUE_CASES), (ops.speculative_verify, sss_args, SSS_VALUE_CASES),
-    (ops.speculative_verify_probs, probs_args, PROBS_VALUE_CASES), (ops.sample, sample_args, SAMPLE_VALUE_CASES))
+    (ops.speculative_verify_probs, probs_args, PROBS_VALUE_CASES), (ops.sample, sample_args, SAMPLE_VALUE_CASES),
+    (ops.sample_with_stats, sample_with_stats_args, SAMPLE_VALUE_CASES))
     for name, (change, match) in cases.items()]
 VALUE_IDS = [f"{make_args.__name__.removesuffix('_args')}: {name}" for _, make_args, name, _, _ in VALUE_CASES]
 
@@ -209,6 +214,13 @@ def test_sample_rejects(change, match):
         ops.sample(**dict(args, **change(args)))
 
 
+@pytest.mark.parametrize("change, match", SAMPLE_CASES.values(), ids=SAMPLE_CASES.keys())
+def test_sample_with_stats_rejects(change, match):
+    args = sample_args()
+    with pytest.raises(ValueError, match=match):
+        ops.sample_with_stats(**dict(args, **change(args)))
+
+
 TYPE_CASES = {
     "seeds an int": (ops.sample, sample_args, dict(seeds=3), "seeds"),
     "positions a list": (ops.sample, sample_args, dict(positions=[0, 0]), "positions"),
@@ -217,6 +229,10 @@ TYPE_CASES = {
     "ref_logits an array": (ops.speculative_verify, sss_args, dict(ref_logits=torch.zeros(B, K + 1, V).numpy()), "ref_logits"),
     "verify seeds an int": (ops.speculative_verify, verify_args, dict(seeds=3), "seeds"),
     "target_probs a float": (ops.speculative_verify_probs, probs_args, dict(target_probs=0.5), "target_probs"),
+    "sample_with_stats seeds an int": (ops.sample_with_stats, sample_args, dict(seeds=3), "seeds"),
+    "sample_with_stats logits a list": (ops.sample_with_stats, sample_args, dict(logits=[[0.0, 1.0]]), "logits"),
+    "fork_rows index a list": (ops.fork_rows, lambda: fork_args(), dict(index=[0, 0, 2]), "index"),
+    "fork_rows tensors a bare tensor": (ops.fork_rows, lambda: fork_args(), dict(tensors=torch.zeros(4, 3)), "tensors"),
 }
 
 
@@ -262,6 +278,34 @@ def test_compact_rows_rejects(change, match):
         ops.compact_rows(**dict(args, **change(args)))
 
 
+def fork_args():
+    return dict(tensors=[torch.randn(4, 3), torch.arange(8).view(4, 2)], index=torch.tensor([0, 0, 2]), dim=0)
+
+
+FORK_CASES = {
+    "index row B": (lambda a: dict(index=torch.tensor([1, 4])), "index"),
+    "index row -1": (lambda a: dict(index=torch.tensor([-1, 2])), "index"),
+    "more rows than the tensors hold": (lambda a: dict(index=torch.zeros(5, dtype=torch.long)), "index has 5 rows"),
+    "index bool": (lambda a: dict(index=torch.tensor([True, False, True, False])), "index"),
+    "index float": (lambda a: dict(index=torch.tensor([0.0, 2.0])), "index"),
+    "index 2-D": (lambda a: dict(index=torch.tensor([[0, 2]])), "index"),
+    "batch sizes differ": (lambda a: dict(tensors=[a["tensors"][0], torch.zeros(5, 2)]), r"tensors\[1\]"),
+    "dim out of range": (lambda a: dict(dim=2), "dim"),
+    "one dim per tensor, wrong count": (lambda a: dict(dim=[0]), "dim"),
+    "zero stride (expanded)": (lambda a: dict(tensors=[torch.zeros(1, 3).expand(4, 3)]), r"tensors\[0\]"),
+    "second tensor on meta": (lambda a: dict(tensors=[a["tensors"][0], a["tensors"][1].to(META)]), r"tensors\[1\]"),
+    "same tensor twice": (lambda a: dict(tensors=[a["tensors"][0], a["tensors"][1], a["tensors"][0]]), r"tensors\[2\]"),
+    "backend name": (lambda a: dict(backend="cuda"), "backend"),
+}
+
+
+@pytest.mark.parametrize("change, match", FORK_CASES.values(), ids=FORK_CASES.keys())
+def test_fork_rows_rejects(change, match):
+    args = fork_args()
+    with pytest.raises(ValueError, match=match):
+        ops.fork_rows(**dict(args, **change(args)))
+
+
 def test_compact_rows_rejects_a_bare_tensor_and_leaves_it_alone():
     """A tensor is not a list of tensors: iterating it would compact each row's columns instead."""
     x = torch.arange(12).view(4, 3)
@@ -293,6 +337,8 @@ def test_compaction_rejects_tensors_that_share_memory(case):
         ops.compact_rows(tensors, torch.tensor([1, 3]))
     with pytest.raises(ValueError, match=match):
         ops.compact_columns([t[:, :2] for t in tensors], torch.ones(4, 2, dtype=torch.bool), dim=1)
+    with pytest.raises(ValueError, match=match):
+        ops.fork_rows(tensors, torch.tensor([0, 0, 3]))
     assert all(torch.equal(t, b) for t, b in zip(tensors, before)), "nothing may move before the error"
 
 

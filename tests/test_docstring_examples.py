@@ -11,8 +11,8 @@ EXAMPLES = [test for test in doctest.DocTestFinder().find(ops, globs={"torch": t
 
 def test_every_op_has_an_example():
     documented = {test.name.rsplit(".", 1)[-1] for test in EXAMPLES}
-    ops_with_wrappers = {"speculative_verify", "speculative_verify_probs", "sample", "compact_rows", "compact_columns",
-                         "shifted_target_logits"}
+    ops_with_wrappers = {"speculative_verify", "speculative_verify_probs", "sample", "sample_with_stats", "compact_rows",
+                         "fork_rows", "compact_columns", "shifted_target_logits"}
     assert ops_with_wrappers <= documented, f"no example in {sorted(ops_with_wrappers - documented)}"
 
 

@@ -88,8 +88,9 @@ def test_every_probs_and_sample_flag_on_every_backend(generator):
     logits[0, 3] = torch.nan
     logits[1] = -torch.inf
     expected = value_checks.TARGET_NOT_FINITE | value_checks.TARGET_EMPTY_ROW | value_checks.NEGATIVE_POSITION
-    statuses = {backend: raw_status("sample", backend, logits, x["seeds"], positions) for backend in BACKENDS}
-    assert statuses == dict.fromkeys(BACKENDS, expected)
+    for op in ("sample", "sample_with_stats"):
+        statuses = {backend: raw_status(op, backend, logits, x["seeds"], positions) for backend in BACKENDS}
+        assert statuses == dict.fromkeys(BACKENDS, expected), op
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,14 +1,18 @@
 """specalign: fast, exact inference-time alignment for Hugging Face models.
 
 Ops (``specalign.ops``): ``speculative_verify``, ``speculative_verify_probs``, ``sample``,
-``compact_rows``, ``compact_columns``, each with C++ (CPU), Triton (CUDA) and reference backends.
+``sample_with_stats``, ``compact_rows``, ``fork_rows``, ``compact_columns``, each with C++ (CPU),
+Triton (CUDA) and reference backends.
 """
 from specalign import ops
 from specalign.ops import (
+    SampleStats,
     VerifyOutput,
     compact_columns,
     compact_rows,
+    fork_rows,
     sample,
+    sample_with_stats,
     speculative_verify,
     speculative_verify_probs,
 )
@@ -35,10 +39,13 @@ def __getattr__(name):
 __all__ = [
     *_ALGORITHMS,
     "ops",
+    "SampleStats",
     "VerifyOutput",
     "compact_columns",
     "compact_rows",
+    "fork_rows",
     "sample",
+    "sample_with_stats",
     "speculative_verify",
     "speculative_verify_probs",
 ]

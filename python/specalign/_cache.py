@@ -5,6 +5,8 @@ The engines change a cache in these ways, each over every layer at once:
 - repeat each row ``n`` times after the prompt's prefill (:func:`repeat_rows`);
 - keep a subset of rows, in place (:func:`keep_rows`, :func:`specalign.ops.compact_rows`): every
   layer kind, recurrent state included, since a row's state is its own;
+- fork rows, keeping some several times, in place within the batch (:func:`fork_rows`,
+  :func:`specalign.ops.fork_rows`): every layer kind, as for keeping;
 - remove a ragged per-row suffix, the entries of rejected draft tokens (:func:`remove_columns`,
   :func:`specalign.ops.compact_columns`): attention layers only. The kept entries of each row are
   right-aligned (its left padding grows), so a row's entries stay contiguous and the distance
@@ -133,6 +135,20 @@ def keep_rows(caches, keep: torch.Tensor, state: list[torch.Tensor], backend: st
     for field, tensor in zip(cache_fields, compacted):
         field.set(tensor)
     return compacted[len(cache_fields):]
+
+
+def fork_rows(caches, index: torch.Tensor, state: list[torch.Tensor], backend: str | None) -> list[torch.Tensor]:
+    """Rows ``0..len(index)-1`` of every tensor of ``caches`` and of ``state`` (row at dimension 0)
+    take the rows ``index`` (increasing, repeats allowed), in place, in one op call
+    (:func:`specalign.ops.fork_rows`); returns the forked ``state``. Every layer kind, recurrent
+    state included: a forked row starts from a copy of its parent's state."""
+    cache_fields = [field for cache in caches for field in fields(cache)]
+    tensors = [field.get() for field in cache_fields] + list(state)
+    dims = [field.row_dim for field in cache_fields] + [0] * len(state)
+    forked = ops.fork_rows(tensors, index, dim=dims, backend=backend)
+    for field, tensor in zip(cache_fields, forked):
+        field.set(tensor)
+    return forked[len(cache_fields):]
 
 
 def remove_columns(caches, keep_mask: torch.Tensor, backend: str | None) -> torch.Tensor:

@@ -118,6 +118,29 @@ def _sample_fake(logits, seeds, positions):
 _register("sample", _sample_triton, _sample_reference, _sample_fake)
 
 
+# --- sample_with_stats -----------------------------------------------------------------------------
+def _sample_with_stats_triton(logits, seeds, positions):
+    from specalign.triton_kernels.sample_with_stats import sample_with_stats
+
+    return sample_with_stats(logits, seeds, positions)
+
+
+def _sample_with_stats_reference(logits, seeds, positions):
+    from specalign.reference import sample_with_stats
+
+    return sample_with_stats(logits, seeds, positions)
+
+
+def _sample_with_stats_fake(logits, seeds, positions):
+    batch = logits.shape[0]
+    return (logits.new_empty((batch,), dtype=torch.long),
+            *(logits.new_empty((batch,), dtype=torch.float32) for _ in range(3)),
+            logits.new_empty((), dtype=torch.int32))
+
+
+_register("sample_with_stats", _sample_with_stats_triton, _sample_with_stats_reference, _sample_with_stats_fake)
+
+
 # --- compact_rows ----------------------------------------------------------------------------------
 def _compact_rows_triton(tensors, keep, dims):
     from specalign.triton_kernels.compact_rows import compact_rows
@@ -136,6 +159,26 @@ def _compact_rows_fake(tensors, keep, dims):
 
 
 _register("compact_rows", _compact_rows_triton, _compact_rows_reference, _compact_rows_fake)
+
+
+# --- fork_rows -------------------------------------------------------------------------------------
+def _fork_rows_triton(tensors, index, dims):
+    from specalign.triton_kernels.fork_rows import fork_rows
+
+    return fork_rows(tensors, index, dims)
+
+
+def _fork_rows_reference(tensors, index, dims):
+    from specalign.reference import fork_rows
+
+    return fork_rows(tensors, index, dims)
+
+
+def _fork_rows_fake(tensors, index, dims):
+    return None
+
+
+_register("fork_rows", _fork_rows_triton, _fork_rows_reference, _fork_rows_fake)
 
 
 # --- compact_columns -------------------------------------------------------------------------------

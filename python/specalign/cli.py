@@ -269,7 +269,8 @@ BENCH_SUITES = {
     "ops": ("each op's C++ kernel (and Triton on CUDA): time, GB/s and share of the measured copy bandwidth, "
             "against the reference, Hugging Face's code and a batched PyTorch version (bench/bench_<op>.py)",
             [f"bench/bench_{op}.py" for op in
-             ("speculative_verify", "speculative_verify_probs", "sample", "compact_rows", "compact_columns")]),
+             ("speculative_verify", "speculative_verify_probs", "sample", "sample_with_stats", "compact_rows",
+              "fork_rows", "compact_columns")]),
     "spr": ("Speculative Rejection against Best-of-N on one engine, and in-place compaction against "
             "re-prefilling (tiny random-init models; options: --n, --max-new-tokens, --backend, ...)",
             ["bench/bench_speculative_rejection.py"]),

@@ -230,18 +230,78 @@ def sample(
         >>> sample(torch.randn(3, 100), seeds=torch.tensor([5, 5, 6]), positions=torch.tensor([0, 0, 0])).shape
         torch.Size([3])
     """
+    _check_sample_arguments(backend, logits, seeds, positions)
+    tokens, status = _library.call("sample", backend, logits.device, logits.contiguous(), seeds, positions)
+    if check_values:
+        raise_for_status(status, _sample_errors)
+    return tokens
+
+
+def _check_sample_arguments(backend, logits, seeds, positions):
     _check_backend(backend)
     _check_types(logits=logits, seeds=seeds, positions=positions)
     if logits.dim() != 2:
         raise ValueError(f"logits must be [B, V], got shape {tuple(logits.shape)}")
     _check_logits("logits", logits.unsqueeze(1), logits.shape[0], (1,))
     _check_seeds_positions(seeds, positions, logits.shape[0], logits.device)
-    tokens, status = _library.call("sample", backend, logits.device, logits.contiguous(), seeds, positions)
+
+
+def _sample_errors():
+    """The errors of sample's (and sample_with_stats's) status flags, in the order they are reported."""
+    return [(value_checks.NEGATIVE_POSITION, lambda: "positions must be >= 0"),
+            *_logits_errors("logits", value_checks.TARGET_NOT_FINITE, value_checks.TARGET_EMPTY_ROW)]
+
+
+class SampleStats(NamedTuple):
+    """Result of :func:`sample_with_stats`: the tokens of :func:`sample` and, per row, statistics of
+    ``p = softmax(logits)`` over its support ``S`` (the finite logits).
+
+    tokens: ``[B]`` int64, the drawn tokens (those :func:`sample` draws).
+    log_prob: ``[B]`` float32, ``log p(token)``.
+    entropy: ``[B]`` float32, ``-sum_S p log p``.
+    certainty: ``[B]`` float32, self-certainty ``KL(U_S || p) = -log |S| - mean_S log p`` (Kang et al.,
+        2025), 0 for a uniform ``p``; ``-mean_S log p``, DeepConf's token confidence over the whole
+        support (Fu et al., 2025), is ``certainty + log |S|``.
+    """
+
+    tokens: torch.Tensor
+    log_prob: torch.Tensor
+    entropy: torch.Tensor
+    certainty: torch.Tensor
+
+
+def sample_with_stats(
+    logits: torch.Tensor,
+    *,
+    seeds: torch.Tensor,
+    positions: torch.Tensor,
+    backend: str | None = None,
+    check_values: bool = True,
+) -> SampleStats:
+    """:func:`sample`, plus the statistics confidence scores read, in the same pass over the logits.
+
+    The tokens are :func:`sample`'s, bit for bit, on every backend. The statistics come from an
+    online log-sum-exp taken while each block of the row is read for the draw, so a loop that scores
+    its samples by confidence reads the logits once, not twice. They agree across backends to float
+    rounding (about 1e-6 relative; the reference computes in float64).
+
+    Args:
+        logits, seeds, positions, backend, check_values: as in :func:`sample`.
+
+    Returns:
+        :class:`SampleStats` ``(tokens, log_prob, entropy, certainty)``, each ``[B]``.
+
+    Example::
+
+        >>> out = sample_with_stats(torch.zeros(2, 8), seeds=torch.tensor([1, 2]), positions=torch.tensor([0, 0]))
+        >>> out.tokens.shape, [round(float(x), 4) for x in out.entropy], [round(float(x), 4) for x in out.log_prob]
+        (torch.Size([2]), [2.0794, 2.0794], [-2.0794, -2.0794])
+    """
+    _check_sample_arguments(backend, logits, seeds, positions)
+    *stats, status = _library.call("sample_with_stats", backend, logits.device, logits.contiguous(), seeds, positions)
     if check_values:
-        raise_for_status(status, lambda: [(value_checks.NEGATIVE_POSITION, lambda: "positions must be >= 0"),
-                                          *_logits_errors("logits", value_checks.TARGET_NOT_FINITE,
-                                                          value_checks.TARGET_EMPTY_ROW)])
-    return tokens
+        raise_for_status(status, _sample_errors)
+    return SampleStats(*stats)
 
 
 def compact_rows(
@@ -291,6 +351,69 @@ def compact_rows(
     _check_keep(keep, batch)
     _library.call("compact_rows", backend, device, tensors, keep, dims)
     return [t.narrow(d, 0, keep.numel()) for t, d in zip(tensors, dims)]
+
+
+def fork_rows(
+    tensors: Sequence[torch.Tensor],
+    index: torch.Tensor,
+    dim: int | Sequence[int] = 0,
+    backend: str | None = None,
+) -> list[torch.Tensor]:
+    """Fork rows: rows ``0..n-1`` of every tensor take the rows ``index`` (repeats allowed), in place.
+
+    The result equals ``tensor.index_select(dim, index.sort().values)``, written into the first
+    ``n = len(index)`` rows of the tensor itself: a superset of :func:`compact_rows` (which keeps each
+    row at most once). A row may be kept several times (a beam forked into samples), once, or
+    dropped. The tensors are the buffers: nothing of their size is allocated, so a loop that keeps
+    its batch within the tensors' batch size (e.g. ``W`` beams times ``K`` samples each round) moves
+    only the rows that change, round after round. ``n`` may not exceed the batch size: to grow past
+    it, allocate the larger buffer once and fork within it.
+
+    Sorting is what makes it in place: with ``index`` sorted, each destination that reads a lower row
+    is read only by later such destinations and each that reads a higher row only by earlier ones, so
+    the first run in decreasing order, the second in increasing order, and every source is read
+    before it is overwritten; rows with ``index[i] == i`` are not touched. One call covers every
+    layer's keys and values and the per-row state (mixed dtypes, non-contiguous views); on a GPU it is
+    one launch.
+
+    Args:
+        tensors: a list or tuple of tensors sharing the batch size ``B`` along their batch dimension;
+            no two may share memory, as in :func:`compact_rows`.
+        index: ``[n]`` integer rows in ``[0, B)``, ``n <= B``, any order, repeats allowed; the result
+            holds them in increasing order.
+        dim: the batch dimension, one for all tensors or one per tensor.
+        backend: as in :func:`speculative_verify`.
+
+    Returns:
+        views of the first ``n`` rows of each tensor.
+
+    Example::
+
+        >>> ids = torch.arange(8).view(4, 2)
+        >>> (forked,) = fork_rows([ids], torch.tensor([3, 1, 1]))
+        >>> forked.tolist()
+        [[2, 3], [2, 3], [6, 7]]
+    """
+    _check_backend(backend)
+    tensors = _check_tensor_list(tensors)
+    _check_types(index=index)
+    dims = _check_dims(tensors, dim)
+    if index.dim() != 1 or index.dtype.is_floating_point or index.dtype == torch.bool:
+        raise ValueError(f"index must be a 1-D integer tensor of row indices, got {index.dtype} of shape {tuple(index.shape)}")
+    if not tensors:
+        return []
+    batch = _common_size(tensors, dims, "fork_rows", "batch")
+    device = tensors[0].device
+    index = torch.sort(index.to(device=device, dtype=torch.long)).values
+    if index.numel() > batch:
+        raise ValueError(f"index has {index.numel()} rows but the tensors hold {batch}: fork_rows writes in place, "
+                         "so the result may not have more rows than the tensors; allocate larger tensors once")
+    if index.numel():
+        low, high = torch.stack([index[0], index[-1]]).tolist()  # one host read
+        if low < 0 or high >= batch:
+            raise ValueError(f"index must lie in [0, {batch}), got min {low} and max {high}")
+    _library.call("fork_rows", backend, device, tensors, index, dims)
+    return [t.narrow(d, 0, index.numel()) for t, d in zip(tensors, dims)]
 
 
 def compact_columns(

@@ -98,6 +98,20 @@ def _in_vocab(draft_tokens: torch.Tensor, vocab: int) -> tuple[torch.Tensor, tor
     return in_range, torch.where(in_range, draft_tokens.long(), 0).unsqueeze(-1)
 
 
+def sample_with_stats(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor):
+    """Reference of :func:`specalign.ops.sample_with_stats`: :func:`sample`'s tokens, the statistics
+    of softmax over the finite logits computed in float64, and :func:`sample`'s status."""
+    tokens, status = sample(logits, seeds, positions)
+    x = logits.double()
+    finite = x > -torch.inf
+    log_p = x - torch.logsumexp(x, -1, keepdim=True)
+    entropy = -torch.where(finite, log_p.exp() * log_p, 0.0).sum(-1)
+    support = finite.sum(-1)
+    certainty = -torch.where(finite, log_p, 0.0).sum(-1) / support - torch.log(support.double())
+    log_prob = log_p.gather(-1, tokens[:, None]).squeeze(-1)
+    return tokens, log_prob.float(), entropy.float(), certainty.float(), status
+
+
 def speculative_verify(draft_tokens, draft_logits, target_logits, ref_logits, seeds, positions):
     """Reference of :func:`specalign.ops.speculative_verify`: ``(tokens, num_accepted, num_emitted, status)``
     (shapes and dtypes already validated)."""
@@ -217,6 +231,12 @@ def compact_rows(tensors, keep, dims):
     for tensor, dim in zip(tensors, dims):
         kept = tensor.index_select(dim, keep)
         tensor.narrow(dim, 0, keep.numel()).copy_(kept)
+
+
+def fork_rows(tensors, index, dims):
+    """Reference of :func:`specalign.ops.fork_rows`: :func:`compact_rows`'s gather, which also holds
+    for repeated rows (the gather reads every source before the copy writes)."""
+    compact_rows(tensors, index, dims)
 
 
 def compact_columns(tensors, keep_mask, dims):
