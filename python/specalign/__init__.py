@@ -25,6 +25,10 @@ _ALGORITHMS = {
     "SpeculativeSampling": "specalign.speculative_sampling",
     "RewardShiftedSpeculativeSampling": "specalign.reward_shifted",
     "stop_strings": "specalign._hf",
+    "Confidence": "specalign.confidence",
+    "ConfidenceEarlyStop": "specalign.early_stop",
+    "BeamSearch": "specalign.beam_search",
+    "ImplicitReward": "specalign.beam_search",
 }
 
 

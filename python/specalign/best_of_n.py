@@ -13,7 +13,9 @@ class BestOfN(SpeculativeRejection):
     :class:`~specalign.SpeculativeRejection` with no decision points (``alpha = 0``,
     ``decision_tokens=()``): the same prefill, sampling streams, stopping and scoring, so for the
     same ``seed`` its samples are token for token those Speculative Rejection starts from.
-    ``n=None`` takes the most samples whose cache at full length fits the memory budget.
+    ``n=None`` takes the most samples whose cache at full length fits the memory budget. With
+    ``draft=`` (and ``ref_draft=`` for SSS) the samples decode by exact speculative sampling, as in
+    :class:`~specalign.SpeculativeRejection`.
 
     Example::
 
@@ -31,8 +33,12 @@ class BestOfN(SpeculativeRejection):
         seed: int | None = None,
         progress: bool = False,
         backend: str | None = None,
+        draft=None,
+        num_draft_tokens: int = 4,
+        ref_draft=None,
     ):
         super().__init__(
             reward_model, n, alpha=0.0, decision_tokens=(), memory_budget=memory_budget,
-            max_batch_tokens=max_batch_tokens, seed=seed, progress=progress, backend=backend,
+            max_batch_tokens=max_batch_tokens, seed=seed, progress=progress, backend=backend, draft=draft,
+            num_draft_tokens=num_draft_tokens, ref_draft=ref_draft,
         )

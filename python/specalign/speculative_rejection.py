@@ -17,6 +17,10 @@ the current batch (prompt width plus new tokens, times rows, times the model's K
 fills ``memory_budget`` bytes or ``max_batch_tokens`` tokens (default: the device's free memory),
 so with ``alpha = 0.5`` the sequence length (prompt plus answer) at each decision roughly doubles.
 An explicit ``decision_tokens`` schedule (lengths in new tokens) overrides it.
+
+With ``draft=`` the samples decode by exact speculative sampling (:mod:`specalign.drafted_rejection`);
+with a scorer that reads the generator's logits (:class:`specalign.confidence.Confidence`) no reward
+model runs: the scorer sees each step's processed logits, fused into the draw, and may stop rows.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from transformers import StoppingCriteria
 from transformers.utils import ModelOutput
 
 from specalign import _cache, _compat, _hf, ops
+from specalign.confidence import LogitScorer
 from specalign.reward_model import RewardModel, as_rewards
 
 # Without a schedule and without n, the first decision point is at this fraction of max_new_tokens
@@ -74,6 +79,8 @@ class SpeculativeRejectionOutput(ModelOutput):
     candidate_lengths: ``[P, n]`` tokens of each sample.
     candidate_rewards: ``[P, n]`` float32, each sample's last score.
     candidate_finished: ``[P, n]`` bool, the samples that finished (the ones the answer is chosen from).
+    acceptance_rate, target_calls, draft_calls: with ``draft=``, as in
+        :class:`~specalign.speculative_sampling.SpeculativeGenerateOutput`; else ``None``.
     """
 
     sequences: torch.LongTensor | None = None
@@ -91,6 +98,9 @@ class SpeculativeRejectionOutput(ModelOutput):
     candidate_lengths: torch.LongTensor | None = None
     candidate_rewards: torch.FloatTensor | None = None
     candidate_finished: torch.BoolTensor | None = None
+    acceptance_rate: float | None = None
+    target_calls: int | None = None
+    draft_calls: int | None = None
 
 
 class DecisionPoint(StoppingCriteria):
@@ -155,19 +165,25 @@ class _Pool:
 
     def record(self, batch: _Batch, scores: torch.Tensor, generated: int) -> None:
         """Store the scores, lengths, finished flags and tokens of the batch's rows."""
-        candidates = batch.candidates.tolist()
-        self.rewards[candidates] = scores
-        self.lengths[candidates] = batch.answer_lengths.cpu()
-        self.finished[candidates] = batch.finished.cpu()
         answers = batch.ids[:, batch.prompt_width : batch.prompt_width + generated]
-        past_the_end = torch.arange(generated, device=answers.device) >= batch.answer_lengths[:, None]
-        self.tokens[batch.candidates, :generated] = answers.masked_fill(past_the_end, -1)
+        self.record_answers(batch.candidates, answers, batch.answer_lengths, batch.finished, scores)
 
-    def survivors(self, batch: _Batch, alpha: float) -> torch.Tensor:
-        """Rows of the batch to keep: per prompt, the unfinished rows among the best ``round((1 - alpha) * pool)``
-        of its unfinished rows and finished samples (ties: lower sample index first)."""
+    def record_answers(self, candidates, answers, lengths, finished, scores) -> None:
+        """Store samples ``candidates [B]``: their tokens (``answers [B, W]``, the first ``lengths``
+        of each row), finished flags and scores."""
+        index = candidates.tolist()
+        self.rewards[index] = scores
+        self.lengths[index] = lengths.cpu()
+        self.finished[index] = finished.cpu()
+        past_the_end = torch.arange(answers.shape[1], device=answers.device) >= lengths[:, None]
+        self.tokens[candidates, : answers.shape[1]] = answers.masked_fill(past_the_end, -1)
+
+    def survivors(self, candidates: torch.Tensor, alpha: float) -> torch.Tensor:
+        """Rows to keep of a batch holding samples ``candidates``: per prompt, the unfinished rows among
+        the best ``round((1 - alpha) * pool)`` of its unfinished rows and finished samples (ties: lower
+        sample index first)."""
         rows_of_prompt: dict[int, list[tuple[float, int, int | None]]] = {}
-        for row, candidate in enumerate(batch.candidates.tolist()):
+        for row, candidate in enumerate(candidates.tolist()):
             if not self.finished[candidate]:
                 rows_of_prompt.setdefault(candidate // self.n, []).append((float(self.rewards[candidate]), candidate, row))
         keep = []
@@ -197,8 +213,9 @@ class SpeculativeRejection:
     :class:`SpeculativeRejectionOutput` (rewards, per-sample tokens and the run's statistics).
 
     Args:
-        reward_model: a :class:`~specalign.RewardModel`, or a callable ``(prompt_ids, answer_ids) ->
-            scores [n]`` on lists of 1-D generator token-id tensors.
+        reward_model: a :class:`~specalign.RewardModel`, a callable ``(prompt_ids, answer_ids) ->
+            scores [n]`` on lists of 1-D generator token-id tensors, or a scorer that reads the
+            generator's own logits (:class:`~specalign.Confidence`: reward-free, no extra forward).
         n: samples per prompt; ``None`` takes the most whose cache fits the budget at the first
             decision point.
         alpha: rejection rate in ``[0, 1)``: each decision keeps ``round((1 - alpha) * pool)``
@@ -219,6 +236,11 @@ class SpeculativeRejection:
         progress: show a progress bar.
         profile: time each decision's compaction (``compaction_seconds`` in the output).
         backend: the ops backend (``None``, ``"reference"``, ``"cpp"``, ``"triton"``).
+        draft: a small causal LM sharing the generator's tokenizer: the samples then decode by exact
+            speculative sampling, ``num_draft_tokens`` drafts per step (:mod:`specalign.drafted_rejection`).
+        num_draft_tokens: ``K >= 1``, tokens drafted per step with ``draft=``.
+        ref_draft: with ``draft=`` the aligned draft ``pi_r``, the unaligned one ``pi_d``: the samples
+            then follow SSS's shifted target ``pi * pi_r / pi_d`` exactly (SSS inside Speculative Rejection).
     """
 
     def __init__(
@@ -234,8 +256,11 @@ class SpeculativeRejection:
         progress: bool = False,
         profile: bool = False,
         backend: str | None = None,
+        draft=None,
+        num_draft_tokens: int = 4,
+        ref_draft=None,
     ):
-        if not callable(reward_model):
+        if not callable(reward_model) and not isinstance(reward_model, LogitScorer):
             raise ValueError(f"reward_model must be a RewardModel or a callable, got {type(reward_model).__name__}")
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"n must be an integer >= 1 (or None to size it from the memory budget), got {n!r}")
@@ -266,6 +291,11 @@ class SpeculativeRejection:
         self.progress = progress
         self.profile = profile
         self.backend = backend
+        self.draft, self.num_draft_tokens, self.ref_draft = draft, num_draft_tokens, ref_draft
+        if draft is not None or ref_draft is not None:
+            from specalign import drafted_rejection  # imported here: it builds on this module
+
+            drafted_rejection.check(self)
 
     def __call__(
         self,
@@ -282,6 +312,11 @@ class SpeculativeRejection:
         name = type(self).__name__
         _hf.check_model("model", model)
         _hf.check_stop_strings(name, stop_strings)
+        if self.draft is not None:
+            from specalign import drafted_rejection
+
+            return drafted_rejection.generate(self, model, input_ids, logits_processor, stopping_criteria,
+                                              generation_config, synced_gpus, streamer, model_kwargs)
         cache = _hf.new_cache(model, _compat.pop_generate_cache(model_kwargs))
         prompt_mask = _hf.check_call(name, model, generation_config, synced_gpus, streamer, model_kwargs, cache)
         self._check_generation(model, generation_config)
@@ -303,6 +338,8 @@ class SpeculativeRejection:
                 f"their first new token, before any answer can be scored and pruned; lower n (n=None sizes it) "
                 "or raise memory_budget/max_batch_tokens")
         batch = self._replicate(cache, input_ids, prompt_mask, n, max_new_tokens)
+        if isinstance(self.reward_model, LogitScorer):
+            self.reward_model.start(num_prompts, n, max_new_tokens, model.device)
         run = _Run(self, model, reward_model, logits_processor, stopping_criteria, _hf.pad_token_id(generation_config),
                    budget, _Pool(num_prompts, n, max_new_tokens, model.device), max_new_tokens)
         run.decode(batch, logits.repeat_interleave(n, 0))
@@ -427,8 +464,18 @@ class SpeculativeRejection:
         positions = (batch.prompt_lengths + batch.generated - 1)[:, None]
         return _hf.forward(model, batch.cache, batch.ids[:, width - 1 : width], batch.mask[:, :width], positions, 1)[:, -1]
 
+    def _sample(self, scores, batch, positions) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each row's next token, and the rows a logit scorer stops (``None``: none). A scorer that
+        reads the generator's logits draws the tokens itself, its statistic fused into the draw."""
+        if isinstance(self.reward_model, LogitScorer):
+            return self.reward_model.sample(scores, batch.seeds, positions, batch.candidates, batch.finished,
+                                            self.backend)
+        return ops.sample(scores, seeds=batch.seeds, positions=positions, backend=self.backend), None
+
     def _score(self, reward_model, batch, stats) -> torch.Tensor:
         """Reward of every row's prompt and answer so far, unpadded: float32 ``[B]`` on the CPU."""
+        if isinstance(reward_model, LogitScorer):
+            return reward_model.score(batch.candidates, batch.answer_lengths)
         prompt_width = batch.prompt_width
         # A copy, so the pieces handed to the reward model never change when the batch is compacted.
         ids = batch.ids[:, : prompt_width + int(batch.answer_lengths.max())].clone()
@@ -436,7 +483,11 @@ class SpeculativeRejection:
         for row, (prompt_length, answer_length) in enumerate(zip(batch.prompt_lengths.tolist(), batch.answer_lengths.tolist())):
             prompts.append(ids[row, prompt_width - prompt_length : prompt_width])
             answers.append(ids[row, prompt_width : prompt_width + answer_length])
-            stats["reward_tokens_scored"] += prompt_length + answer_length
+        return self._reward(reward_model, prompts, answers, stats)
+
+    def _reward(self, reward_model, prompts: list[torch.Tensor], answers: list[torch.Tensor], stats) -> torch.Tensor:
+        """The reward model's scores of unpadded prompts and answers: float32 ``[B]`` on the CPU."""
+        stats["reward_tokens_scored"] += sum(len(p) + len(a) for p, a in zip(prompts, answers))
         stats["reward_calls"] += 1
         return as_rewards(reward_model(prompts, answers), len(answers), "reward_model")
 
@@ -491,7 +542,7 @@ class _Run:
             if done:
                 return []
             self.stats["decision_lengths"].append(batch.generated)
-            keep = self.pool.survivors(batch, self.method.alpha)
+            keep = self.pool.survivors(batch.candidates, self.method.alpha)
             if keep.numel() == 0:
                 return []
             if over_budget and keep.numel() == len(batch):  # nothing to prune: split instead
@@ -513,7 +564,7 @@ class _Run:
             width = batch.prompt_width + batch.generated
             scores = self.logits_processor(batch.ids[:, :width], logits)
             positions = torch.full((len(batch),), batch.generated, dtype=torch.long, device=batch.ids.device)
-            tokens = ops.sample(scores, seeds=batch.seeds, positions=positions, backend=self.method.backend)
+            tokens, stop = self.method._sample(scores, batch, positions)
             batch.ids[:, width] = tokens.masked_fill(batch.finished, self.pad_token_id)
             batch.mask[:, width] = 1
             batch.answer_lengths += ~batch.finished
@@ -522,6 +573,8 @@ class _Run:
                 self.bar.update(1)
             sequence = batch.ids[:, : width + 1]
             batch.finished |= self.stopping_criteria(sequence, scores)
+            if stop is not None:
+                batch.finished |= stop
             if bool((batch.finished | round_over(sequence, scores)).all()):
                 return False
             logits = None

@@ -217,17 +217,21 @@ class _Decoder:
         bar = tqdm(total=self.max_length - self.prompt_length, desc="SSS" if self.sss else "speculative sampling",
                    disable=not self.method.progress, unit="tok")
         while len(rows):
-            step = self._propose(rows)
-            self._score(rows, step)
-            self._accept(rows, step)
-            num_kept, finished = self._cut_at_stops(rows, step)
-            rows.lengths += num_kept
-            longest = max(self.longest, int(rows.lengths.max()))
-            bar.update(longest - self.longest)
-            self.longest = longest
-            rows = self._shrink(rows, step, finished)
+            longest = self.longest
+            rows = self.step(rows)
+            bar.update(self.longest - longest)
         bar.close()
         return self._output()
+
+    def step(self, rows: _Rows) -> _Rows:
+        """One step over the rows still decoding; returns the rows that go on."""
+        step = self._propose(rows)
+        self._score(rows, step)
+        self._accept(rows, step)
+        num_kept, finished = self._cut_at_stops(rows, step)
+        rows.lengths += num_kept
+        self.longest = max(self.longest, int(rows.lengths.max()))
+        return self._shrink(rows, step, finished)
 
     def _prefill(self, input_ids, attention_mask) -> _Rows:
         _hf.check_prompts(input_ids, attention_mask)
