@@ -6,6 +6,7 @@ import torch
 
 from specalign import BestOfN, RewardModel, RewardShiftedSpeculativeSampling, SpeculativeRejection
 from specalign.cli import METHOD_NAMES, generate_answers, main
+from specalign.demo import BEYOND_THE_PAPERS
 from specalign.world import load_world
 
 SEEDS = (1, 2, 3)
@@ -62,12 +63,13 @@ def test_sss_beats_target_sampling_on_gold_reward(world):
 def test_quick_demo_prints_every_method_and_writes_table_and_plot(tmp_path, capsys):
     assert main(["demo", "--quick", "--quiet", "--out", str(tmp_path)]) == 0
     table = capsys.readouterr().out
-    for method in ["Target sampling", *METHOD_NAMES.values()]:
+    for method in ["Target sampling", *METHOD_NAMES.values(), *BEYOND_THE_PAPERS.values()]:
         assert method in table, f"{method} missing from the demo table:\n{table}"
     assert (tmp_path / "results.md").read_text().strip() in table
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["seeds"] == [0, 1] and results["threads"] == 1
-    assert {r["method"] for r in results["results"]} == {"Target sampling", *METHOD_NAMES.values()}
+    assert {r["method"] for r in results["results"]} == {"Target sampling", *METHOD_NAMES.values(),
+                                                         *BEYOND_THE_PAPERS.values()}
     for row in results["results"]:
         assert len(row["gold_reward"]) == len(row["tokens_generated"]) == 2
     plot = tmp_path / "reward_vs_compute.png"

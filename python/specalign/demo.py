@@ -27,7 +27,9 @@ class Setting:
 
     @property
     def label(self) -> str:
-        return "Target sampling" if self.method == "sample" else METHOD_NAMES[self.method]
+        if self.method == "sample":
+            return "Target sampling"
+        return METHOD_NAMES.get(self.method) or BEYOND_THE_PAPERS[self.method]
 
     @property
     def parameters(self) -> str:
@@ -58,7 +60,36 @@ def spread(values) -> float:
 
 def settings(args) -> list[Setting]:
     return [Setting("sample"), *[Setting("bon", n) for n in args.bon_n],
-            *[Setting("spr", n, args.alpha) for n in args.spr_n], Setting("sd"), Setting("sss")]
+            *[Setting("spr", n, args.alpha) for n in args.spr_n], Setting("sd"), Setting("sss"),
+            *beyond_the_papers(args)]
+
+
+# Methods beyond the papers, on the same ops: Speculative Rejection with a draft (and with SSS's
+# pair), reward-free confidence pruning and early stopping, weak-to-strong beam search.
+BEYOND_THE_PAPERS = {"spr_draft": "SpR + draft", "spr_sss": "SpR + SSS draft", "spr_confidence": "SpR by confidence",
+                     "early_stop": "Confidence early stop", "beam": "Beam search W=2 K=4"}
+
+
+def beyond_the_papers(args) -> list[Setting]:
+    n = min(args.spr_n)
+    return [Setting("spr_draft", n, args.alpha), Setting("spr_sss", n, args.alpha),
+            Setting("spr_confidence", n, args.alpha), Setting("early_stop", max(args.bon_n)), Setting("beam")]
+
+
+def beyond_the_papers_method(setting: Setting, args, seed, reward, world):
+    from specalign import BeamSearch, Confidence, ConfidenceEarlyStop, SpeculativeRejection
+
+    spr = dict(n=setting.n, alpha=setting.alpha, decision_tokens=args.decision_tokens, seed=seed)
+    if setting.method == "spr_draft":
+        return SpeculativeRejection(reward, **spr, draft=world.draft, num_draft_tokens=args.num_draft_tokens)
+    if setting.method == "spr_sss":
+        return SpeculativeRejection(reward, **spr, draft=world.aligned_draft, ref_draft=world.draft,
+                                    num_draft_tokens=args.num_draft_tokens)
+    if setting.method == "spr_confidence":
+        return SpeculativeRejection(Confidence(window=6), **spr)
+    if setting.method == "early_stop":
+        return ConfidenceEarlyStop(n=setting.n, warmup=setting.n // 4, keep=0.9, window=6, seed=seed)
+    return BeamSearch(world.aligned_draft, world.draft, num_beams=2, samples_per_beam=4, chunk_tokens=8, seed=seed)
 
 
 def run(args) -> int:
@@ -81,7 +112,9 @@ def run(args) -> int:
         for seed in range(args.seed, args.seed + args.seeds):
             torch.manual_seed(seed)  # plain sampling draws from torch's global generator
             method = None
-            if setting.method != "sample":
+            if setting.method in BEYOND_THE_PAPERS:
+                method = beyond_the_papers_method(setting, args, seed, reward, world)
+            elif setting.method != "sample":
                 method_args = argparse.Namespace(**{**vars(args), "n": setting.n, "seed": seed})
                 aligned = setting.method == "sss"
                 method = make_method(setting.method, method_args, reward=reward, tokenizer=world.tokenizer,
