@@ -188,7 +188,10 @@ def test_stop_strings_through_stopping_criteria():
         assert text.count(".") == 1 and text.rstrip().endswith("."), text
     with pytest.raises(TypeError, match="strings"):
         specalign.stop_strings(world.tokenizer, ".")
-    for method in (SpeculativeSampling(world.draft, 2, seed=0), BestOfN(mean_token_reward, n=2, seed=0)):
+    refusing = (SpeculativeSampling(world.draft, 2, seed=0), BestOfN(mean_token_reward, n=2, seed=0),
+                BestOfN(mean_token_reward, n=2, seed=0, draft=world.draft), specalign.ConfidenceEarlyStop(n=4, warmup=2),
+                specalign.BeamSearch(world.aligned_draft, world.draft))
+    for method in refusing:
         with pytest.raises(ValueError, match=r"stop_strings=\['\.'\]: .*specalign.stop_strings\(tokenizer"):
             world.target.generate(**inputs, custom_generate=method, do_sample=True, max_new_tokens=4,
                                   stop_strings=["."], tokenizer=world.tokenizer)
