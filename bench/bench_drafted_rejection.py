@@ -8,12 +8,19 @@ up to sampling noise and the question is what the draft saves: target forward pa
 Also Best-of-N with and without the draft, and SSS inside Speculative Rejection (the aligned draft
 proposing, the unaligned draft as ``ref_draft``), whose samples follow the reward-tilted target.
 Means over ``--seeds`` runs (seeds 0, 1, ...), one thread; the proxy reward model prunes.
+
+``--candidates``: instead, the distribution check on the world. Every candidate of Best-of-N with
+and without the draft (not only the chosen one): mean gold reward and answer length with their
+standard errors, which must agree up to sampling noise.
 """
 from __future__ import annotations
 
 import argparse
+import math
 
 from world_runs import mean_runs, measure, table, world_setup
+
+import torch
 
 from specalign import BestOfN, SpeculativeRejection
 
@@ -31,6 +38,37 @@ def methods(world, reward, n, args):
     ]
 
 
+def candidate_statistics(world, prompts, reward, method, max_new_tokens, seeds):
+    """Gold reward and length of every candidate, ``[seeds, P * n]``, over ``seeds`` runs of ``method``."""
+    golds, lengths = [], []
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        inputs = world.tokenizer(prompts, return_tensors="pt", padding=True)
+        out = world.target.generate(**inputs, custom_generate=method(seed), do_sample=True,
+                                    max_new_tokens=max_new_tokens, return_dict_in_generate=True)
+        for prompt, tokens, counts in zip(prompts, out.candidate_tokens, out.candidate_lengths):
+            answers = world.tokenizer.batch_decode([t[:c] for t, c in zip(tokens, counts)], skip_special_tokens=True)
+            golds.append(world.gold_reward([f"{prompt} {a.strip()}" for a in answers]))
+            lengths.append(counts.double())
+    return torch.cat(golds).double().view(seeds, -1), torch.cat(lengths).view(seeds, -1)
+
+
+def summary(x: torch.Tensor) -> str:
+    """The mean of ``x [seeds, candidates]``, its standard error from the candidates taken as independent,
+    and from the spread of the per-seed means."""
+    return (f"{float(x.mean()):.3f} +- {float(x.std()) / math.sqrt(x.numel()):.3f} (candidates), "
+            f"+- {float(x.mean(1).std()) / math.sqrt(x.shape[0]):.3f} (seeds)")
+
+
+def check_candidates(world, prompts, reward, args):
+    n = args.n[0]
+    for label, drafted in (("Best-of-N", {}), ("Best-of-N + draft", dict(draft=world.draft,
+                                                                         num_draft_tokens=args.num_draft_tokens))):
+        gold, length = candidate_statistics(world, prompts, reward, lambda seed: BestOfN(reward, n=n, seed=seed, **drafted),
+                                            args.max_new_tokens, args.seeds)
+        print(f"{label}: {gold.numel()} candidates, gold {summary(gold)}; length {summary(length)}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
@@ -39,8 +77,11 @@ def main():
     parser.add_argument("--decision-tokens", type=int, nargs="+", default=[6, 12])
     parser.add_argument("--num-draft-tokens", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--candidates", action="store_true", help="the distribution check (see above)")
     args = parser.parse_args()
     world, prompts, reward, counters = world_setup(args.prompts)
+    if args.candidates:
+        return check_candidates(world, prompts, reward, args)
     measure(world, prompts[:2], reward, counters, "warm-up", "", BestOfN(reward, n=2, draft=world.draft), 8, 0)
     runs = []
     for n in args.n:
