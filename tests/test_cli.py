@@ -179,8 +179,8 @@ def test_bench_runs_in_the_callers_folder_and_passes_arguments_through(tmp_path,
     calls.clear()
     assert cli.main(["bench", "--suite", "ops", "--quiet"]) == 0
     assert [command[1].rsplit("/", 1)[-1] for command, _ in calls] == [
-        f"bench_{op}.py" for op in ("speculative_verify", "speculative_verify_probs", "sample", "compact_rows",
-                                    "compact_columns")]
+        f"bench_{op}.py" for op in ("speculative_verify", "speculative_verify_probs", "sample", "sample_with_stats",
+                                    "compact_rows", "fork_rows", "compact_columns")]
 
 
 def test_world_training_has_a_default_folder(monkeypatch, capsys):
