@@ -40,6 +40,8 @@ def main():
         def unfused():
             return statistics_pass(logits, ops.sample(logits, **draw, backend=kernel))
 
+        table.time(f"{kernel} (check_values=True, the default)", device,
+                   lambda: ops.sample_with_stats(logits, **dict(draw, check_values=True), backend=kernel), args.rounds)
         table.time(f"{kernel} (check_values=False)", device,
                    lambda: ops.sample_with_stats(logits, **draw, backend=kernel), args.rounds)
         table.time(f"sample alone, {kernel}", device, lambda: ops.sample(logits, **draw, backend=kernel), args.rounds)
