@@ -176,7 +176,7 @@ def best_of_n_curve(score: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     def log_choose(a, b):
         return torch.lgamma(a + 1) - torch.lgamma(b + 1) - torch.lgamma(a - b + 1)
 
-    log_weights = log_choose(i[None, :] - 1, big_n - 1) - log_choose(torch.tensor(float(n)), big_n)
+    log_weights = log_choose(i[None, :] - 1, big_n - 1) - log_choose(torch.tensor(float(n), dtype=torch.float64), big_n)
     weights = torch.where(i[None, :] >= big_n, log_weights.exp(), torch.zeros(()))
     return (ranked @ weights.T).mean(0)
 

@@ -1,6 +1,6 @@
 """Build the reference world from a seed, on CPU.
 
-    python -m specalign.world.train [--out out/world] [--setting short|long] [--seed 0] [--threads 2]
+    python -m specalign.world.train [--setting short|long] [--out out/world or out/world_long] [--seed 0] [--threads 2]
 
 Steps: a grammar corpus; a byte-level BPE tokenizer trained on it; a target and
 a smaller draft Llama trained on it; an aligned draft (the draft tuned with DPO
@@ -294,8 +294,9 @@ def report_quality(tokenizer, target, draft, aligned_draft, reward_model, seed):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("out/world"),
-                        help="folder for the world (default: %(default)s; the bundled one is specalign/world/assets)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the world (default: out/world, or out/world_long for --setting long; the bundled "
+                             "ones are specalign/world/assets and assets_long)")
     parser.add_argument("--seed", type=int, default=0)
     # On a machine shared with other jobs, 1 thread wastes far less time spin-waiting than 2.
     parser.add_argument("--threads", type=int, default=2)
@@ -303,6 +304,7 @@ def main():
                         help="short replies, or long ones built from the short world (train_long.py)")
     parser.add_argument("--short-world", type=Path, default=WORLD_DIR, help="the short world a long one starts from")
     args = parser.parse_args()
+    args.out = args.out or Path("out/world_long" if args.setting == "long" else "out/world")
     torch.set_num_threads(args.threads)
     hf_logging.disable_progress_bar()
     if args.setting == "long":
