@@ -7,7 +7,7 @@ For each setting, on the world's target, reward model, and drafts (``specalign.w
 - Best-of-N for N = 1..N_max. One Best-of-N_max run per seed gives every smaller N: the candidates
   are i.i.d. samples, so the expected gold (and proxy) reward of Best-of-N is computed exactly over
   all N-subsets of the N_max candidates (an unbiased estimate with far less noise than separate
-  runs). Time comes from real Best-of-N runs at N = 1, 4, 16, ..., N_max (the first seed), and
+  runs). Time comes from real Best-of-N runs at N = 1, 8, 64, ..., N_max (the first seed), and
   their gold reward is printed beside the estimate as a check.
 - Speculative Rejection over a grid of N and alpha, with decision points from a KV-cache budget in
   tokens standing in for a GPU's memory: ``budget_rows * (prompt width + max_new_tokens)`` per
@@ -55,7 +55,7 @@ PROMPT_SEED_STRIDE = 1000
 # statistics of the first prompt's run (first seed) kept with a point
 FIRST_RUN_STATISTICS = ("decision_lengths", "batch_sizes", "acceptance_rate", "tokens_per_target_call")
 MEASURES = ("tokens", "reward_tokens", "seconds", "cpu_seconds")
-TIMED_N_STEP = 4  # real Best-of-N runs for wall time at N = 1, 4, 16, ... and N_max
+TIMED_N_STEP = 8  # real Best-of-N runs for wall time at N = 1, 8, 64, ... and N_max
 MAX_NEW_TOKENS = {"short": 40, "long": 256}
 PREFIX_LENGTHS = {"short": (2, 4, 6, 8, 12, 16, 40), "long": (4, 8, 16, 32, 64, 128, 256)}
 CORRELATION_SAMPLES_PER_PROMPT = 64
@@ -63,13 +63,13 @@ CORRELATION_SAMPLES_PER_PROMPT = 64
 # the first decision, budget_rows * (prompt width + max_new_tokens) / N - prompt width, must be >= 1 token.
 CONFIGS = {
     "long": {
-        "full": dict(prompts=2, seeds=3, bon_max=512, spr_n=(128, 256, 512), alphas=(0.5, 0.9), budget_rows=32,
-                     sss_seeds=10, oracle=True),
+        "full": dict(prompts=1, seeds=3, bon_max=512, spr_n=(128, 512), alphas=(0.5, 0.9), budget_rows=32,
+                     sss_seeds=24, oracle=True),
         "quick": dict(prompts=1, seeds=2, bon_max=64, spr_n=(64,), alphas=(0.5, 0.9), budget_rows=8,
                       sss_seeds=2, oracle=False),
     },
     "short": {
-        "full": dict(prompts=8, seeds=3, bon_max=512, spr_n=(64, 96, 128), alphas=(0.5, 0.9), budget_rows=32,
+        "full": dict(prompts=4, seeds=3, bon_max=512, spr_n=(64, 128), alphas=(0.5, 0.9), budget_rows=32,
                      sss_seeds=10, oracle=True),
         "quick": dict(prompts=4, seeds=2, bon_max=64, spr_n=(32,), alphas=(0.5, 0.9), budget_rows=8,
                       sss_seeds=2, oracle=False),
@@ -351,10 +351,11 @@ def run_sss(world, rm, prompts, args, seed) -> Answers:
 # ---- one setting ----
 
 
-def timed_best_of_n(world, rm, prompts, args, pool: Pool, curve) -> tuple[dict[int, float], list[dict]]:
-    """(wall, CPU) seconds per prompt of real Best-of-N runs at N = 1, 4, 16, ..., N_max (the pool's run for N_max), and
-    each run's gold reward beside the pool's estimate."""
-    timed = {args.bon_max: (pool.seconds / len(prompts), pool.cpu_seconds / len(prompts))}
+def timed_best_of_n(world, rm, prompts, args, pools: list[Pool], curve) -> tuple[dict[int, float], list[dict]]:
+    """(wall, CPU) seconds per prompt of real Best-of-N runs at N = 1, 8, 64, ..., N_max (the pools' runs, mean over
+    seeds, for N_max), and each run's gold reward beside the pool's estimate."""
+    timed = {args.bon_max: (mean([pool.seconds for pool in pools]) / len(prompts),
+                            mean([pool.cpu_seconds for pool in pools]) / len(prompts))}
     checks = []
     n = 1
     while n < args.bon_max:
@@ -413,7 +414,16 @@ def speculative_rejection_points(world, rm, prompts, args, bon, pools) -> list[d
                     for seed, pool in zip(args.seed_list, pools)]
             points.append(add_speedups(method_point(world, runs, args.seed_list, "SpR, oracle prefix scores", n, alpha), bon))
             log_point(points[-1])
+    for point in points:
+        add_decomposition(point, bon)
     return points
+
+
+def add_decomposition(point: dict, bon: BestOfNSummary) -> None:
+    """The gold/tokens speedup as (Best-of-N tokens at the same N / the method's tokens), the schedule's saving,
+    times (N Best-of-N needs for the method's gold / N), what pruning on prefix scores keeps of Best-of-N's gain."""
+    point["saving_at_same_n"] = bon.cost("tokens")(point["n"]) / point["tokens"]
+    point["reached_n_over_n"] = point["speedups"]["gold"]["tokens"]["bon_n"] / point["n"]
 
 
 def log_point(point: dict) -> None:
@@ -436,9 +446,10 @@ def bench_setting(setting: str, args) -> dict:
     rm = RewardModel(world.reward_model, world.reward_tokenizer)
     prompts = world.prompts[: args.prompts]
     log(f"{setting}: Best-of-{args.bon_max} pools, {len(prompts)} prompts x {args.seeds} seeds")
+    run(world, prompts[:1], lambda _, prompt_seed: BestOfN(rm, n=2, seed=prompt_seed), 0, 8)  # warm-up, not timed
     pools = [best_of_n_pool(world, rm, prompts, args.bon_max, seed, args.max_new_tokens) for seed in args.seed_list]
     first_gold = best_of_n_curve(pools[0].proxy, pools[0].gold)
-    timed, checks = timed_best_of_n(world, rm, prompts, args, pools[0], first_gold)
+    timed, checks = timed_best_of_n(world, rm, prompts, args, pools, first_gold)
     bon = summarize_best_of_n(pools, timed)
     correlations = correlation_table(world, rm, pools[0], setting)
     points = best_of_n_points(bon, args)
@@ -483,6 +494,8 @@ def format_report(report: dict) -> str:
             cells = [format_speedup(e) if e else "-" for e in entries]
             row += f"  {cells[0]:<22}" + "".join(f"{cell:<20}" for cell in cells[1:])
             row += f" {p.get('decision_lengths', '')}"
+        if "saving_at_same_n" in p:
+            row += f"  (= {p['saving_at_same_n']:.1f}x fewer tokens than BoN-{p['n']} x {p['reached_n_over_n']:.2f} of its N reached)"
         lines.append(row)
     return "\n".join(lines)
 
