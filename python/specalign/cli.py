@@ -406,7 +406,7 @@ def _generate_parser(commands):
 
 
 def _bench_parser(commands):
-    suites = "\n".join(_wrap(meaning, initial_indent=f"  {name:<5}", subsequent_indent=" " * 7)
+    suites = "\n".join(_wrap(meaning, initial_indent=f"  {name:<6}", subsequent_indent=" " * 8)
                        for name, (meaning, _) in BENCH_SUITES.items())
     p = commands.add_parser(
         "bench", formatter_class=_HelpFormatter, allow_abbrev=False,
