@@ -63,7 +63,7 @@ CORRELATION_SAMPLES_PER_PROMPT = 64
 # the first decision, budget_rows * (prompt width + max_new_tokens) / N - prompt width, must be >= 1 token.
 CONFIGS = {
     "long": {
-        "full": dict(prompts=1, seeds=3, bon_max=512, spr_n=(128, 512), alphas=(0.5, 0.9), budget_rows=32,
+        "full": dict(prompts=1, seeds=3, bon_max=512, spr_n=(128, 512), alphas=(0.5, 0.9, 0.97), budget_rows=32,
                      sss_seeds=24, oracle=True),
         "quick": dict(prompts=1, seeds=2, bon_max=64, spr_n=(64,), alphas=(0.5, 0.9), budget_rows=8,
                       sss_seeds=2, oracle=False),
