@@ -7,8 +7,8 @@ For each setting, on the world's target, reward model, and drafts (``specalign.w
 - Best-of-N for N = 1..N_max. One Best-of-N_max run per seed gives every smaller N: the candidates
   are i.i.d. samples, so the expected gold (and proxy) reward of Best-of-N is computed exactly over
   all N-subsets of the N_max candidates (an unbiased estimate with far less noise than separate
-  runs). Time comes from real Best-of-N runs at N = 1, 8, 64, ..., N_max (the first seed), and
-  their gold reward is printed beside the estimate as a check.
+  runs). Time comes from real Best-of-N runs after a warm-up call: N = 1, 8, 64, ... (the first
+  seed; their gold reward is printed beside the estimate as a check) and N_max (every seed's pool).
 - Speculative Rejection over a grid of N and alpha, with decision points from a KV-cache budget in
   tokens standing in for a GPU's memory: ``budget_rows * (prompt width + max_new_tokens)`` per
   prompt, i.e. the memory Best-of-``budget_rows`` needs at full length (as the paper sizes its
@@ -25,8 +25,9 @@ integers) over the method's compute, on gold and on proxy reward, with a 95% t-i
 "<=" means it did not beat Best-of-1.
 
 Also printed: how well the proxy reward of a prefix predicts the final gold reward (Pearson and
-Kendall tau, over the first seed's Best-of-N candidates), and, for N = N_max, Speculative Rejection
-with an oracle that scores each prefix with its own finished answer's proxy reward: the same
+Kendall tau, over the first seed's Best-of-N candidates); Speculative Rejection's gold/tokens speedup
+split into its token saving at the same N and the share of that N Best-of-N needs for its gold; and,
+for the largest N of the grid, Speculative Rejection with an oracle that scores each prefix with its own finished answer's proxy reward: the same
 schedule with perfect partial rewards, which separates the schedule's limit from the prefix
 correlation's. Every point goes to ``OUT/reward_vs_compute_<setting>.json`` with a plot beside it.
 Every method answers one prompt per ``generate`` call (the time to serve one request), with the seed
