@@ -27,7 +27,7 @@ setup(
     python_requires=">=3.10",
     package_dir={"": "python", "specalign.triton_kernels": "triton_kernels"},
     packages=["specalign", "specalign.triton_kernels", "specalign.world"],
-    package_data={"specalign.world": ["assets/*", "assets/*/*"]},
+    package_data={"specalign.world": ["assets/*", "assets/*/*", "assets_long/*", "assets_long/*/*"]},
     ext_modules=[
         CppExtension(
             "specalign._C",

@@ -2,7 +2,10 @@
 
 Review-style replies from a seeded grammar, a target LM, a smaller draft LM, a
 DPO-aligned draft, a proxy reward model, and the gold reward they approximate.
-The models are built by `python -m specalign.world.train` and shipped in WORLD_DIR.
+Two settings: "short" (replies of 1-4 sentences, shipped in WORLD_DIR) and "long"
+(10-20 sentences, about 100-250 tokens, a gold reward that accumulates over the
+answer; shipped in LONG_WORLD_DIR). The models are built by
+`python -m specalign.world.train [--setting long]`.
 """
 
 from collections.abc import Callable
@@ -13,11 +16,13 @@ import json
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM, LlamaForSequenceClassification
 
-from specalign.world.gold_reward import gold_reward
+from specalign.world.gold_reward import gold_reward, gold_reward_long
 
 WORLD_DIR = Path(__file__).parent / "assets"
+LONG_WORLD_DIR = Path(__file__).parent / "assets_long"
+SETTINGS = {"short": (WORLD_DIR, gold_reward), "long": (LONG_WORLD_DIR, gold_reward_long)}
 
-__all__ = ["World", "load_world", "gold_reward", "WORLD_DIR"]
+__all__ = ["World", "load_world", "gold_reward", "gold_reward_long", "WORLD_DIR", "LONG_WORLD_DIR"]
 
 
 @dataclass
@@ -30,10 +35,18 @@ class World:
     reward_tokenizer: object
     prompts: list[str]
     gold_reward: Callable[[list[str]], torch.Tensor] = gold_reward
+    setting: str = "short"
 
 
-def load_world(device="cpu", path: Path = WORLD_DIR) -> World:
-    """Load the shipped world in fp32 and eval mode; all models share one tokenizer."""
+def load_world(device="cpu", path: Path | None = None, setting: str = "short") -> World:
+    """Load a world setting ("short" or "long") in fp32 and eval mode; all models share one tokenizer.
+
+    ``path`` overrides the setting's shipped folder (e.g. a world just built by the training script).
+    """
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {sorted(SETTINGS)}, got {setting!r}")
+    shipped, reward = SETTINGS[setting]
+    path = shipped if path is None else Path(path)
 
     def load(model_class, name):
         model = model_class.from_pretrained(path / name, dtype=torch.float32)
@@ -48,4 +61,6 @@ def load_world(device="cpu", path: Path = WORLD_DIR) -> World:
         reward_model=load(LlamaForSequenceClassification, "reward_model"),
         reward_tokenizer=tokenizer,
         prompts=json.loads((path / "prompts.json").read_text()),
+        gold_reward=reward,
+        setting=setting,
     )

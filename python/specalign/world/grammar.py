@@ -1,9 +1,11 @@
-"""Seeded generator of short review-style chat replies.
+"""Seeded generator of review-style chat replies, short or long.
 
-A prompt names a topic ("review of the pizza:"); the reply is a few lowercase
-sentences built from clause templates. Each reply draws a hidden mood in [0, 1]
-that sets how likely each sentiment slot is positive, so replies range from
-glowing to scathing and a language model has a latent variable to infer.
+A prompt names a topic ("review of the pizza:"); the reply is lowercase
+sentences built from clause templates: one to four in the short setting, ten
+to twenty in the long one. Each reply draws a hidden mood in [0, 1] that sets
+how likely each sentiment slot is positive, so replies range from glowing to
+scathing and a language model has a latent variable to infer; in a long reply
+the first sentences already hint at the mood of the rest.
 """
 
 import random
@@ -57,7 +59,17 @@ CATEGORIES = (
 )
 TOPICS = tuple(topic for category in CATEGORIES for topic in category.topics)
 PROMPT_TEMPLATES = ("review of the {}:", "thoughts on the {}:", "how was the {}:")
-MIN_WORDS, MAX_WORDS = 5, 30
+
+
+@dataclass(frozen=True)
+class ReplyShape:
+    min_sentences: int
+    max_sentences: int
+    min_words: int
+    max_words: int
+
+
+SHAPES = {"short": ReplyShape(1, 4, 5, 30), "long": ReplyShape(10, 20, 80, 220)}
 
 EVAL_PROMPTS = (
     "review of the pizza:", "thoughts on the coffee:", "how was the sushi:",
@@ -146,27 +158,30 @@ class _ReplyWriter:
         good = self.balance > 0 if self.balance else self.rng.random() < self.mood
         return self.rng.choice(GOOD_CLOSERS if good else BAD_CLOSERS)
 
-    def reply(self) -> str:
-        sentences = [self.sentence() for _ in range(self.rng.randint(1, 4))]
+    def reply(self, shape: ReplyShape) -> str:
+        sentences = [self.sentence() for _ in range(self.rng.randint(shape.min_sentences, shape.max_sentences))]
         if self.rng.random() < 0.4:
             sentences.append(self.closer())
         return " ".join(sentences)
 
 
-def sample_reply(rng: random.Random, topic: str) -> str:
-    """One reply with MIN_WORDS..MAX_WORDS words, drawn until it fits."""
+def sample_reply(rng: random.Random, topic: str, setting: str = "short") -> str:
+    """One reply of the setting's shape (sentences, then words), drawn until its length fits."""
+    shape = SHAPES[setting]
     while True:
-        reply = _ReplyWriter(rng, topic).reply()
-        if MIN_WORDS <= len(reply.split()) <= MAX_WORDS:
+        reply = _ReplyWriter(rng, topic).reply(shape)
+        if shape.min_words <= len(reply.split()) <= shape.max_words:
             return reply
 
 
-def sample_corpus(size: int, seed: int = 0) -> list[tuple[str, str]]:
+def sample_corpus(size: int, seed: int = 0, setting: str = "short") -> list[tuple[str, str]]:
     """`size` (prompt, reply) pairs; the text a model sees is f"{prompt} {reply}"."""
+    if setting not in SHAPES:
+        raise ValueError(f"setting must be one of {sorted(SHAPES)}, got {setting!r}")
     rng = random.Random(seed)
     pairs = []
     for _ in range(size):
         topic = rng.choice(TOPICS)
         prompt = rng.choice(PROMPT_TEMPLATES).format(topic)
-        pairs.append((prompt, sample_reply(rng, topic)))
+        pairs.append((prompt, sample_reply(rng, topic, setting)))
     return pairs

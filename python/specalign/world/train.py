@@ -1,12 +1,13 @@
 """Build the reference world from a seed, on CPU.
 
-    python -m specalign.world.train [--out out/world] [--seed 0] [--threads 2]
+    python -m specalign.world.train [--setting short|long] [--out out/world or out/world_long] [--seed 0] [--threads 2]
 
 Steps: a grammar corpus; a byte-level BPE tokenizer trained on it; a target and
 a smaller draft Llama trained on it; an aligned draft (the draft tuned with DPO
 on its own samples ranked by the gold reward); and a proxy reward model that
 regresses the gold reward. Everything is saved with save_pretrained under DIR, the
 tokenizer in each model's folder too. A line is printed at least every PROGRESS_SECONDS.
+The long setting (replies of 10-20 sentences) starts from the short world: see train_long.py.
 """
 
 import argparse
@@ -29,6 +30,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from specalign.world import WORLD_DIR
 from specalign.world.gold_reward import gold_reward
 from specalign.world.grammar import EVAL_PROMPTS, all_prompts, sample_corpus
 
@@ -139,13 +141,13 @@ def warmup_cosine(optimizer, steps: int, warmup: int = 50):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, scale)
 
 
-def train_language_model(model, sequences, steps, lr, pad_id, seed):
+def train_language_model(model, sequences, steps, lr, pad_id, seed, batch_size=BATCH_SIZE):
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     schedule = warmup_cosine(optimizer, steps)
     model.train()
     for step in range(steps):
-        picks = torch.randint(len(sequences), (BATCH_SIZE,), generator=generator)
+        picks = torch.randint(len(sequences), (batch_size,), generator=generator)
         ids, mask = pad_right([sequences[i] for i in picks], pad_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
         loss.backward()
@@ -169,13 +171,13 @@ def heldout_loss(model, sequences, pad_id) -> float:
 
 
 @torch.no_grad()
-def sample_replies(model, tokenizer, prompts, per_prompt, batch_size=512):
+def sample_replies(model, tokenizer, prompts, per_prompt, batch_size=512, max_new_tokens=MAX_NEW_TOKENS):
     """Samples as (prompt_ids, reply_ids, text); reply_ids end at the first eos, if any."""
     requests = [prompt for prompt in prompts for _ in range(per_prompt)]
     samples = []
     for start in range(0, len(requests), batch_size):
         encoded = tokenizer(requests[start : start + batch_size], padding=True, return_tensors="pt")
-        output = model.generate(**encoded, max_new_tokens=MAX_NEW_TOKENS)
+        output = model.generate(**encoded, max_new_tokens=max_new_tokens)
         prompt_width = encoded["input_ids"].shape[1]
         for row in range(len(output)):
             prompt_ids = encoded["input_ids"][row][encoded["attention_mask"][row] == 1].tolist()
@@ -188,9 +190,9 @@ def sample_replies(model, tokenizer, prompts, per_prompt, batch_size=512):
     return samples
 
 
-def preference_pairs(samples, per_prompt, pairs_per_prompt):
+def preference_pairs(samples, per_prompt, pairs_per_prompt, reward=gold_reward):
     """Within each prompt's group, pair the i-th best reply with the i-th worst."""
-    rewards = gold_reward([text for _, _, text in samples])
+    rewards = reward([text for _, _, text in samples])
     pairs = []
     for start in range(0, len(samples), per_prompt):
         order = rewards[start : start + per_prompt].argsort(descending=True).tolist()
@@ -233,22 +235,28 @@ def train_dpo(policy, reference, pairs, pad_id, seed):
     policy.eval()
 
 
-def train_reward_model(model, tokenizer, texts, rewards, seed):
+def train_reward_model(model, tokenizer, texts, rewards, seed, steps=REWARD_STEPS, lr=REWARD_LR,
+                       batch_size=BATCH_SIZE):
+    """Regress ``rewards`` of ``texts``: strings, or token-id lists used as they are."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=REWARD_LR, weight_decay=0.01)
-    schedule = warmup_cosine(optimizer, REWARD_STEPS)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = warmup_cosine(optimizer, steps)
     model.train()
-    for step in range(REWARD_STEPS):
-        picks = torch.randint(len(texts), (BATCH_SIZE,), generator=generator).tolist()
-        encoded = tokenizer([texts[i] for i in picks], padding=True, return_tensors="pt")
+    for step in range(steps):
+        picks = torch.randint(len(texts), (batch_size,), generator=generator).tolist()
+        batch = [texts[i] for i in picks]
+        if isinstance(batch[0], str):
+            encoded = tokenizer(batch, padding=True, return_tensors="pt")
+        else:
+            ids, mask = pad_right(batch, tokenizer.pad_token_id)
+            encoded = dict(input_ids=ids, attention_mask=mask)
         loss = F.mse_loss(model(**encoded).logits[:, 0], rewards[picks])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
-        progress(f"  step {step:5d}/{REWARD_STEPS}  mse {loss.item():.3f}",
-                 force=step % 250 == 0 or step == REWARD_STEPS - 1)
+        progress(f"  step {step:5d}/{steps}  mse {loss.item():.3f}", force=step % 250 == 0 or step == steps - 1)
     model.eval()
 
 
@@ -286,14 +294,23 @@ def report_quality(tokenizer, target, draft, aligned_draft, reward_model, seed):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("out/world"),
-                        help="folder for the world (default: %(default)s; the bundled one is specalign/world/assets)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the world (default: out/world, or out/world_long for --setting long; the bundled "
+                             "ones are specalign/world/assets and assets_long)")
     parser.add_argument("--seed", type=int, default=0)
     # On a machine shared with other jobs, 1 thread wastes far less time spin-waiting than 2.
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--setting", choices=("short", "long"), default="short",
+                        help="short replies, or long ones built from the short world (train_long.py)")
+    parser.add_argument("--short-world", type=Path, default=WORLD_DIR, help="the short world a long one starts from")
     args = parser.parse_args()
+    args.out = args.out or Path("out/world_long" if args.setting == "long" else "out/world")
     torch.set_num_threads(args.threads)
     hf_logging.disable_progress_bar()
+    if args.setting == "long":
+        from specalign.world.train_long import build_long_world
+
+        return build_long_world(args)
     started = time.time()
 
     def phase(name):
