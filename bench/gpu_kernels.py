@@ -210,6 +210,29 @@ def compact_rows_measure(results: Results, timer: Timer, rows: int, shape: dict,
         same_as_gather=correct))
 
 
+def fork_rows_measure(results: Results, timer: Timer, rows: int, shape: dict, bandwidth: float):
+    """A beam-search round: a random quarter of the rows survive, each forked into four."""
+    cache = llama_cache(rows, shape, timer.device)
+    tensors = cache_tensors(cache)
+    survivors = torch.randperm(rows, device=timer.device)[: rows // 4]
+    index = survivors.repeat_interleave(4).sort().values
+    row_bytes = sum(t[0].numel() * t.element_size() for t in tensors)
+    moved = int((index != torch.arange(index.numel(), device=index.device)).sum())
+    minimum = 2 * moved * row_bytes
+
+    expected = [tensors[i].index_select(0, index) for i in (0, -1)]
+    ops.fork_rows(tensors, index)
+    correct = all(torch.equal(tensors[i][: index.numel()], e) for i, e in zip((0, -1), expected))
+    del expected
+    ours = timer.eager(lambda _: ops.fork_rows(tensors, index), [None], budget_s=1.0, max_reps=20)
+    gathered = timer.eager(lambda _: [t.copy_(t.index_select(0, index)) for t in tensors], [None], budget_s=1.0,
+                           max_reps=10)
+    results.add_row("compaction", dict(
+        op="fork_rows", rows=rows, kept=f"{rows // 4} x 4", length=shape["length"], cache_GB=rows * row_bytes / 1e9,
+        min_GB=minimum / 1e9, ours_ms=ours * 1e3, GB_per_s=minimum / ours / 1e9, pct_copy=100 * minimum / ours / bandwidth,
+        torch_ms=gathered * 1e3, torch_over_ours=gathered / ours, hf_ms=None, hf_over_ours=None, same_as_gather=correct))
+
+
 def compact_columns_measure(results: Results, timer: Timer, rows: int, shape: dict, bandwidth: float,
                             num_draft: int = 4):
     cache = llama_cache(rows, shape, timer.device)
@@ -237,11 +260,13 @@ def compact_columns_measure(results: Results, timer: Timer, rows: int, shape: di
 def compaction(results: Results, timer: Timer, shape: dict, bandwidth: float, deadline: float):
     results.section("compaction", "Compaction of a Llama-3-8B-shaped cache (bf16, keys and values of every layer)", [
         f"{shape['layers']} layers, keys and values [rows, {shape['heads']}, {shape['length']}, {shape['head_dim']}]; "
-        "compact_rows keeps a random half, compact_columns drops the last b % 5 positions of row b",
-        "torch: compact_rows backend='reference' (index_select, copy back) / batched torch.gather; "
+        "compact_rows keeps a random half, compact_columns drops the last b % 5 positions of row b, "
+        "fork_rows forks a random quarter four times each",
+        "torch: compact_rows backend='reference' (index_select, copy back) / batched torch.gather / "
+        "fork_rows: index_select copied back; "
         "hf: DynamicCache.batch_select_indices (out of place); eager medians, events"])
     for rows in shape["rows"]:
-        for measure in (compact_rows_measure, compact_columns_measure):
+        for measure in (compact_rows_measure, compact_columns_measure, fork_rows_measure):
             if out_of_time(deadline, 15):
                 results.add_note("compaction", f"stopped before {measure.__name__} rows={rows}: deadline")
                 return
@@ -252,7 +277,7 @@ def compaction(results: Results, timer: Timer, shape: dict, bandwidth: float, de
             if timer.cuda:
                 torch.cuda.empty_cache()
     rows = results.data["sections"]["compaction"]["rows"]
-    for op in ("compact_rows", "compact_columns"):
+    for op in ("compact_rows", "compact_columns", "fork_rows"):
         fractions = [r["pct_copy"] for r in rows if r["op"] == op]
         ratios = [r["hf_over_ours"] for r in rows if r["op"] == op and r["hf_over_ours"]]
         if fractions:
@@ -403,10 +428,42 @@ def sample_measure(results: Results, timer: Timer, bandwidth: float, batch, voca
     graph = timer.graph(run_sample, sets)
     batched = timer.eager(torch_sample, sets, budget_s=0.3, max_reps=10)
     results.add_row("sample", dict(
-        B=batch, V=vocab, dtype=str(dtype).removeprefix("torch."), sets=len(sets),
+        op="sample", B=batch, V=vocab, dtype=str(dtype).removeprefix("torch."), sets=len(sets),
         **timing_columns(graph, eager, minimum, bandwidth), torch_us=batched * 1e6, torch_over_ours=batched / eager,
         diff_rows_ref=int((tokens.cpu() != run_sample(first, "reference").cpu()).sum()),
         diff_rows_cpp=int((tokens.cpu() != run_sample(on_cpu(first), "cpp")).sum()) if cpp_check(timer, first) else None))
+
+
+def sample_with_stats_measure(results: Results, timer: Timer, bandwidth: float, batch, vocab, dtype):
+    """The fused statistics against sample alone (same inputs) and sample followed by a PyTorch pass."""
+    first = sample_set(batch, vocab, dtype, timer.device)
+    sets = [first] + [sample_set(batch, vocab, dtype, timer.device)
+                      for _ in range(rotation_count(tensor_bytes(first), timer.device) - 1)]
+
+    def fused(x, backend=None):
+        return ops.sample_with_stats(x["logits"], seeds=x["seeds"], positions=x["positions"], backend=backend,
+                                     check_values=False)
+
+    def two_passes(x):
+        log_probs = torch.log_softmax(x["logits"].float(), -1)
+        tokens = run_sample(x)
+        return tokens, log_probs.gather(-1, tokens[:, None]), -(log_probs.exp() * log_probs).sum(-1)
+
+    out = fused(first)
+    minimum = batch * vocab * dtype.itemsize
+    eager = timer.eager(fused, sets, budget_s=0.3)
+    graph = timer.graph(fused, sets)
+    alone = timer.eager(run_sample, sets, budget_s=0.3)
+    separate = timer.eager(two_passes, sets, budget_s=0.3, max_reps=10)
+    reference = fused(first, "reference")
+    results.add_row("sample", dict(
+        op="sample_with_stats", B=batch, V=vocab, dtype=str(dtype).removeprefix("torch."), sets=len(sets),
+        **timing_columns(graph, eager, minimum, bandwidth), torch_us=separate * 1e6, torch_over_ours=separate / eager,
+        sample_alone_us=alone * 1e6,
+        diff_rows_ref=int((out.tokens.cpu() != reference.tokens.cpu()).sum()),
+        max_entropy_diff=float((out.entropy.double().cpu() - reference.entropy.double().cpu()).abs().max()),
+        diff_rows_cpp=int((out.tokens.cpu() != fused(on_cpu(first), "cpp").tokens).sum())
+        if cpp_check(timer, first) else None))
 
 
 def guarded(results: Results, section: str, label: str, deadline: float, measure, *args) -> bool:
@@ -424,7 +481,9 @@ def guarded(results: Results, section: str, label: str, deadline: float, measure
 def verify_and_sample(results: Results, timer: Timer, shapes: dict, bandwidth: float, deadline: float):
     timing = ("kernel: CUDA-graph replay per call (eager where no graph); eager: events around one call; "
               "inputs rotate over >= 4x L2; floor = minimum bytes / copy bandwidth; ratios are eager over eager")
-    results.section("sample", "sample (Gumbel-max, one row per request)", [timing, "torch: multinomial(softmax)"])
+    results.section("sample", "sample and sample_with_stats (Gumbel-max, one row per request)", [
+        timing, "torch: multinomial(softmax); for sample_with_stats: sample, then log_softmax, gather and entropy "
+        "in PyTorch; sample_alone: sample on the same inputs"])
     results.section("verify", "speculative_verify / speculative_verify_probs", [
         timing, "accepted: mean drafts accepted per row", "torch: batched softmax/gather/rand/multinomial; "
         "hf: transformers' _speculative_sampling looped over the rows (standard mode only)",
@@ -433,9 +492,10 @@ def verify_and_sample(results: Results, timer: Timer, shapes: dict, bandwidth: f
     for batch in shapes["batches"]:
         for vocab in shapes["vocabs"]:
             for dtype in shapes["dtypes"]:
-                if not guarded(results, "sample", f"sample B={batch} V={vocab} {dtype}", deadline,
-                               sample_measure, results, timer, bandwidth, batch, vocab, dtype):
-                    return
+                for measure in (sample_measure, sample_with_stats_measure):
+                    if not guarded(results, "sample", f"{measure.__name__} B={batch} V={vocab} {dtype}", deadline,
+                                   measure, results, timer, bandwidth, batch, vocab, dtype):
+                        return
     for batch in shapes["batches"]:
         for num_draft in shapes["drafts"]:
             for vocab in shapes["vocabs"]:
@@ -466,7 +526,8 @@ def verify_headlines(results: Results):
     for op in dict.fromkeys(row["op"] for row in rows):
         fraction_headline(results, "verify", op, [row for row in rows if row["op"] == op])
     samples = results.data["sections"]["sample"]["rows"]
-    fraction_headline(results, "sample", "sample", samples)
+    for op in ("sample", "sample_with_stats"):
+        fraction_headline(results, "sample", op, [row for row in samples if row["op"] == op])
     mismatches = sum(row["diff_rows_ref"] + (row["diff_rows_cpp"] or 0) for row in rows + samples)
     results.headline("verify", f"rows differing from the reference or the C++ backend, all shapes: {mismatches}")
 

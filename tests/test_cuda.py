@@ -15,7 +15,9 @@ import os
 import pytest
 import test_compact_columns as columns_tests
 import test_compact_rows as rows_tests
+import test_fork_rows as fork_tests
 import test_sample as sample_tests
+import test_sample_with_stats as stats_tests
 import test_speculative_rejection as spr_tests
 import test_speculative_sampling as sps_tests
 import test_speculative_verify as verify_tests
@@ -92,6 +94,18 @@ def test_sample_matches_reference_and_cpp(shape, dtype, with_neg_inf, generator)
     assert tokens.device.type == "cuda" and tokens.dtype == torch.int64
     assert torch.equal(tokens.cpu(), ops.sample(logits, seeds=seeds, positions=positions, backend="reference"))
     assert torch.equal(tokens.cpu(), ops.sample(logits, seeds=seeds, positions=positions, backend="cpp"))
+
+
+@pytest.mark.parametrize("shape, dtype, with_neg_inf", SAMPLE_CASES)
+def test_sample_with_stats_matches_reference_and_cpp(shape, dtype, with_neg_inf, generator):
+    logits, seeds, positions = sample_tests.make_sample_inputs(*shape, dtype, with_neg_inf, generator)
+    out = ops.sample_with_stats(logits.to(CUDA), seeds=seeds.to(CUDA), positions=positions.to(CUDA))
+    assert out.tokens.device.type == "cuda"
+    tokens = out.tokens.cpu()
+    assert torch.equal(tokens, ops.sample(logits, seeds=seeds, positions=positions, backend="reference"))
+    assert torch.equal(tokens, ops.sample_with_stats(logits, seeds=seeds, positions=positions, backend="cpp").tokens)
+    for name, value, expected in zip(("log_prob", "entropy", "certainty"), out[1:], stats_tests.exact_stats(logits, tokens)):
+        torch.testing.assert_close(value.cpu().double(), expected, rtol=2e-5, atol=2e-5, msg=name)
 
 
 def test_verify_rows_do_not_depend_on_the_batch(generator):
@@ -175,6 +189,17 @@ def test_compact_rows_matches_reference_and_cpp(batch, keep_name, generator):
     assert_buffers_equal(layouts, buffers)
 
 
+@pytest.mark.parametrize("index_name", fork_tests.INDEX_NAMES)
+@pytest.mark.parametrize("batch", [9, 64])
+def test_fork_rows_matches_reference_and_cpp(batch, index_name, generator):
+    layouts = rows_tests.make_buffers(batch, generator)
+    index = fork_tests.index_sets(batch, generator)[index_name]
+    dims = [dim for *_, dim in layouts]
+    buffers, _ = compact_on_cuda_and_cpu(
+        layouts, lambda views, backend: ops.fork_rows(views, index.to(views[0].device), dims, backend=backend))
+    assert_buffers_equal(layouts, buffers)
+
+
 def llama_cache_layouts(batch, length, generator, tensors=16):
     """Keys and values ``[B, 8, S, 128]`` bf16 (in place as the engines use them) plus ids."""
     layouts = [(f"cache {i}", torch.randn(batch, 8, length, 128, generator=generator).bfloat16(), lambda t: t, None)
@@ -186,6 +211,14 @@ def test_compact_rows_on_a_llama_cache(generator):
     layouts = llama_cache_layouts(64, 130, generator)
     keep = torch.randperm(64, generator=generator)[:32]
     buffers, _ = compact_on_cuda_and_cpu(layouts, lambda views, backend: ops.compact_rows(views, keep, backend=backend))
+    assert_buffers_equal(layouts, buffers)
+
+
+def test_fork_rows_on_a_llama_cache(generator):
+    layouts = llama_cache_layouts(64, 130, generator)
+    index = torch.randperm(64, generator=generator)[:16].repeat_interleave(4)
+    buffers, _ = compact_on_cuda_and_cpu(
+        layouts, lambda views, backend: ops.fork_rows(views, index.to(views[0].device), backend=backend))
     assert_buffers_equal(layouts, buffers)
 
 
