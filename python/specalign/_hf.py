@@ -75,6 +75,19 @@ def check_stop_strings(method: str, stop_strings) -> None:
                          "stopping_criteria=specalign.stop_strings(tokenizer, stop_strings) instead")
 
 
+def prepare_prompts(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                    generation_config) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Checked prompts and their mask on the model's device, and the room ``max_length`` leaves."""
+    check_prompts(input_ids, attention_mask)
+    input_ids = input_ids.to(model.device)
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(model.device)
+    max_new_tokens = generation_config.max_length - input_ids.shape[1]
+    if max_new_tokens < 1:
+        raise ValueError(f"max_length ({generation_config.max_length}) leaves no room after the "
+                         f"{input_ids.shape[1]}-token prompt")
+    return input_ids, attention_mask, max_new_tokens
+
+
 def check_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
     """Refuse prompts the loops would read wrongly: empty ones, and padding anywhere but the left
     (right padding would make a pad token the last prompt token every answer starts from)."""

@@ -166,15 +166,9 @@ class BeamSearch:
         prompt_mask = _hf.check_call(type(self).__name__, model, generation_config, synced_gpus, streamer, model_kwargs,
                                      cache)
         engine._check_generation(model, generation_config)
-        _hf.check_prompts(input_ids, prompt_mask)
         _shared_vocab_size([("model", model), ("aligned_draft", self.reward.models[0]),
                             ("ref_draft", self.reward.models[1])], None)
-        input_ids = input_ids.to(model.device)
-        prompt_mask = torch.ones_like(input_ids) if prompt_mask is None else prompt_mask.to(model.device)
-        max_new_tokens = generation_config.max_length - input_ids.shape[1]
-        if max_new_tokens < 1:
-            raise ValueError(f"max_length ({generation_config.max_length}) leaves no room after the "
-                             f"{input_ids.shape[1]}-token prompt")
+        input_ids, prompt_mask, max_new_tokens = _hf.prepare_prompts(model, input_ids, prompt_mask, generation_config)
         for name, checked in zip(("model", "aligned_draft", "ref_draft"), (model, *self.reward.models)):
             _hf.check_length(name, checked, generation_config.max_length)
         rows = self.num_beams * self.samples_per_beam

@@ -114,12 +114,8 @@ def generate(method, model, input_ids, logits_processor, stopping_criteria, gene
     prompt_mask = _hf.check_call(type(method).__name__, model, generation_config, synced_gpus, streamer, model_kwargs,
                                  cache)
     method._check_generation(model, generation_config)
-    input_ids = input_ids.to(model.device)
-    prompt_mask = torch.ones_like(input_ids) if prompt_mask is None else prompt_mask.to(model.device)
+    input_ids, prompt_mask, max_new_tokens = _hf.prepare_prompts(model, input_ids, prompt_mask, generation_config)
     num_prompts, prompt_width = input_ids.shape
-    max_new_tokens = generation_config.max_length - prompt_width
-    if max_new_tokens < 1:
-        raise ValueError(f"max_length ({generation_config.max_length}) leaves no room after the {prompt_width}-token prompt")
     # One draw from torch's generator for seed=None, as without a draft: the same row seeds follow.
     seed = method.seed if method.seed is not None else int(torch.randint(0, 2**62, ()).item())
     decoder = _RoundDecoder(speculation(method, seed), model, list(logits_processor or []),

@@ -320,13 +320,8 @@ class SpeculativeRejection:
         cache = _hf.new_cache(model, _compat.pop_generate_cache(model_kwargs))
         prompt_mask = _hf.check_call(name, model, generation_config, synced_gpus, streamer, model_kwargs, cache)
         self._check_generation(model, generation_config)
-        _hf.check_prompts(input_ids, prompt_mask)
-        input_ids = input_ids.to(model.device)
-        prompt_mask = torch.ones_like(input_ids) if prompt_mask is None else prompt_mask.to(model.device)
+        input_ids, prompt_mask, max_new_tokens = _hf.prepare_prompts(model, input_ids, prompt_mask, generation_config)
         num_prompts, prompt_width = input_ids.shape
-        max_new_tokens = generation_config.max_length - prompt_width
-        if max_new_tokens < 1:
-            raise ValueError(f"max_length ({generation_config.max_length}) leaves no room after the {prompt_width}-token prompt")
         _hf.check_length("model", model, generation_config.max_length)
 
         logits = self._prefill(model, cache, input_ids, prompt_mask)
