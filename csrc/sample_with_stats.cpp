@@ -66,7 +66,7 @@ struct SoftmaxMoments {
 
 // gumbel_argmax's draw (the same keys, so the same token) with the moments taken block by block
 // while each block is in cache. A copy of its loop, not gumbel_argmax with a per-block callback:
-// that version measured about 20% slower here (bench/NOTES.md), the callback not being compiled
+// that version measured about 20% slower here (bench/NOTES.md), likely the callback not compiled
 // for the row pass's targets.
 SPECALIGN_ROW_PASS Draw draw_with_stats(const float* logits, int64_t n, const StreamKey& noise, RowStats& stats) {
   float keys[kBlock];
